@@ -1,0 +1,8 @@
+"""Settings: base plus one module per integration. See README, "Configuration"."""
+
+from .base import *  # noqa: F403
+from .cache import *  # noqa: F403
+from .celery import *  # noqa: F403
+from .database import *  # noqa: F403
+from .logging import *  # noqa: F403
+from .model_server import *  # noqa: F403
