@@ -12,6 +12,10 @@ from .environment import env_bool, env_choice, env_int, env_list, env_optional_s
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 # Where the embedded default keeps its state (SQLite, broker queues, model repository, cache).
 VAR_DIR = Path(env_str("RECOMMENDER_VAR_DIR", str(BASE_DIR / "var"))).resolve()
+try:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+except OSError as exc:
+    raise ImproperlyConfigured(f"RECOMMENDER_VAR_DIR: cannot create {VAR_DIR}: {exc}") from exc
 
 DJANGO_ENV = env_choice("DJANGO_ENV", "development", ("development", "production", "test"))
 PRODUCTION = DJANGO_ENV == "production"
@@ -96,6 +100,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("DJANGO_STATIC_ROOT", str(VAR_DIR / "static")))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},

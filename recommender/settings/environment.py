@@ -104,12 +104,16 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return _read(name, default, parse, "one of " + "/".join(choices))
 
 
+_DATABASE_SCHEMES = ("postgres", "postgresql", "pgsql", "sqlite")
+
+
 def _parse_database_url(raw: str) -> dict:
     if "://" not in raw:
         raise ValueError("not a URL like postgres://user@host:5432/name or sqlite:///path")
+    scheme = raw.split("://", 1)[0]
+    if scheme not in _DATABASE_SCHEMES:
+        raise ValueError(f"scheme must be one of {', '.join(_DATABASE_SCHEMES)}")
     config = environ.Env.db_url_config(raw)
-    if not config.get("ENGINE"):
-        raise ValueError("unsupported scheme")
     return config
 
 

@@ -1,0 +1,51 @@
+# The documented entry points. `make demo` runs the backend; `make test` runs the checks.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
+
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/recommender
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DJANGO_ENV=test
+
+.PHONY: help install test lint format typecheck demo bench clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: set PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)  ## Create .venv and install the pinned dependencies
+
+lint: install  ## ruff lint + format check, and migrations in step with models
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(TEST_ENV) $(PY) manage.py makemigrations --check --dry-run
+
+format: install  ## Apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+typecheck: install  ## mypy with the django-stubs plugin
+	$(VENV)/bin/mypy recommender core ml
+
+test: install  ## Lint, migrations check, and the whole pytest suite on PostgreSQL + Redis
+	$(PY) scripts/ensure_services.py "$(TEST_DATABASE_URL)" "$(TEST_REDIS_URL)"
+	$(MAKE) --no-print-directory lint
+	$(TEST_ENV) $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: install  ## Run the whole backend on this machine (embedded default); Ctrl-C stops it
+	$(PY) scripts/demo.py
+
+bench: install  ## Every benchmark below, one after the other
+	@echo "benchmarks: see the bench-* targets"
+
+clean:  ## Remove the virtualenv and local state (var/)
+	rm -rf $(VENV) var
