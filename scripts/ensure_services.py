@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from urllib.parse import urlparse
 
@@ -73,8 +74,9 @@ def ensure_redis(url: str) -> None:
         return
     if host in LOCAL_HOSTS and shutil.which("redis-server"):
         print(f"Redis does not answer at {host}:{port}; starting a local redis-server")
-        log_dir = "/var/log/redis" if os.access("/var/log/redis", os.W_OK) else "/tmp"
-        data_dir = "/var/lib/redis" if os.access("/var/lib/redis", os.W_OK) else "/tmp"
+        fallback = tempfile.gettempdir()
+        log_dir = "/var/log/redis" if os.access("/var/log/redis", os.W_OK) else fallback
+        data_dir = "/var/lib/redis" if os.access("/var/lib/redis", os.W_OK) else fallback
         subprocess.run(
             ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1",
              "--port", str(port), "--save", "", "--appendonly", "no", "--dir", data_dir,

@@ -110,7 +110,7 @@ def test_create_api_key_command_prints_the_key_once(capsys):
 
 
 def test_create_api_key_command_names_bad_scope():
-    with pytest.raises(CommandError, match="unknown scope.*nope.*valid scopes"):
+    with pytest.raises(CommandError, match=r"unknown scope.*nope.*valid scopes"):
         call_command("create_api_key", "--name", "cli", "--scopes", "nope")
 
 
