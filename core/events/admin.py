@@ -1,0 +1,48 @@
+from django.contrib import admin
+from django.core.paginator import Paginator
+from django.db import connection
+from django.utils.functional import cached_property
+
+from .models import Event
+
+
+class EstimatedCountPaginator(Paginator):
+    """Events grow to billions of rows: an unfiltered COUNT(*) would scan them all. Use the
+    planner's estimate when the list is unfiltered on PostgreSQL."""
+
+    @cached_property
+    def count(self) -> int:
+        query = self.object_list.query
+        if connection.vendor == "postgresql" and not query.where:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT COALESCE(SUM(c.reltuples), 0)::bigint FROM pg_class c "
+                    "JOIN pg_inherits i ON i.inhrelid = c.oid "
+                    "WHERE i.inhparent = 'events_event'::regclass AND c.reltuples > 0"
+                )
+                return int(cursor.fetchone()[0])
+        return super().count
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    """Read-only: events are written by the API and import_events only."""
+
+    list_display = ["id", "timestamp", "type", "user", "item", "value", "event_id"]
+    list_filter = ["type", ("timestamp", admin.DateFieldListFilter)]
+    search_fields = ["=event_id", "=session_id", "=recommendation_id"]
+    list_select_related = ["user", "item"]
+    date_hierarchy = None
+    ordering = ["-id"]
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
+    list_per_page = 100
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -1,0 +1,295 @@
+"""Event ingestion: exactly-once storage of validated events, in bulk.
+
+One transaction per batch: resolve storefront ids to ours (creating unknown users/items when
+auto-insert is on), claim each event's idempotency key, store the events whose key was new. On
+PostgreSQL that is one statement (a data-modifying CTE over arrays, or over a COPY-filled staging
+table for imports); a retry, even a concurrent one, finds the keys taken and stores nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from core.catalog.models import Item, User
+from core.catalog.services import catalog_ids_resolve
+from core.catalog.validation import RowError
+
+from . import hooks, partitions
+from .models import Event, EventKey
+from .validation import EventIn
+
+_COLUMNS = (
+    "event_id, user_id, item_id, session_id, type, value, timestamp, ingested_at, "
+    "recommendation_id, context"
+)
+
+# Keys first (sorted: racing batches lock in one order), then the events whose key was new.
+_INSERT_FROM_ARRAYS = f"""
+WITH fresh AS (
+    INSERT INTO events_eventkey (event_id, received_at)
+    SELECT k, %(now)s FROM unnest(%(keys)s::text[]) AS k ORDER BY k
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+)
+INSERT INTO events_event ({_COLUMNS})
+SELECT b.event_id, b.user_id, b.item_id, b.session_id, b.type, b.value, b.timestamp, %(now)s,
+       b.recommendation_id, b.context::jsonb
+FROM unnest(
+    %(keys)s::text[], %(user_ids)s::bigint[], %(item_ids)s::bigint[], %(session_ids)s::text[],
+    %(types)s::text[], %(values)s::float8[], %(timestamps)s::timestamptz[],
+    %(recommendation_ids)s::text[], %(contexts)s::text[]
+) AS b(event_id, user_id, item_id, session_id, type, value, timestamp, recommendation_id, context)
+JOIN fresh USING (event_id)
+"""  # noqa: S608 (no user input in the SQL text)
+
+_STAGE = "events_ingest_stage"
+_STAGE_COLUMNS = (
+    "event_id, user_id, item_id, session_id, type, value, timestamp, recommendation_id, context"
+)
+_INSERT_FROM_STAGE = f"""
+WITH fresh AS (
+    INSERT INTO events_eventkey (event_id, received_at)
+    SELECT event_id, %(now)s FROM {_STAGE} ORDER BY event_id
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+)
+INSERT INTO events_event ({_COLUMNS})
+SELECT s.event_id, s.user_id, s.item_id, s.session_id, s.type, s.value, s.timestamp, %(now)s,
+       s.recommendation_id, s.context
+FROM {_STAGE} s JOIN fresh USING (event_id)
+"""  # noqa: S608
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    errors: list[RowError] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> int:
+        return len({error.index for error in self.errors})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+            "errors": [error.as_dict() for error in self.errors],
+        }
+
+
+def events_ingest(
+    *,
+    events: Sequence[EventIn],
+    use_copy: bool = False,
+    id_cache: dict[tuple[str, str], int] | None = None,
+) -> IngestResult:
+    """Store validated events exactly once; the answer is committed when this returns.
+
+    Events whose `event_id` is already stored (or repeats within `events`) count as duplicates.
+    Unknown users/items are created when CATALOG_AUTO_INSERT_* is on, else those events are
+    rejected (`unknown_user` / `unknown_item`) and leave no trace. `use_copy` stages rows with
+    COPY (faster for large imports). `id_cache` lets a long import skip repeated id lookups.
+    """
+    result = IngestResult()
+    unique: dict[str, EventIn] = {}
+    for event in events:
+        if event.event_id in unique:
+            result.duplicates += 1
+        else:
+            unique[event.event_id] = event
+    if not unique:
+        return result
+    batch = list(unique.values())
+    partitions.partitions_ensure(timestamps={event.timestamp for event in batch})
+    now = timezone.now()
+    with transaction.atomic():
+        batch = _resolve_ids(batch, result, id_cache)
+        if batch:
+            if partitions.is_partitioned():
+                accepted = _store_postgresql(batch, now, use_copy=use_copy)
+            else:
+                accepted = _store_portable(batch, now)
+            result.accepted = accepted
+            result.duplicates += len(batch) - accepted
+            if accepted:
+                user_ids = frozenset(row[1] for row in batch)
+                transaction.on_commit(
+                    lambda: hooks.events_ingested(accepted=accepted, user_ids=user_ids)
+                )
+    return result
+
+
+# (event, our user id, our item id)
+_Row = tuple[EventIn, int, int]
+
+
+def _resolve_ids(
+    batch: list[EventIn], result: IngestResult, id_cache: dict[tuple[str, str], int] | None
+) -> list[_Row]:
+    cache = id_cache if id_cache is not None else {}
+    auto_users = settings.CATALOG_AUTO_INSERT_USERS
+    auto_items = settings.CATALOG_AUTO_INSERT_ITEMS
+    user_ids = _resolve(User, "u", {event.user_id for event in batch}, False, cache)
+    item_ids = _resolve(Item, "i", {event.item_id for event in batch}, False, cache)
+    # Decide rejections before creating anything, so a rejected event leaves no trace.
+    kept = []
+    for event in batch:
+        bad = False
+        if not auto_users and event.user_id not in user_ids:
+            result.errors.append(
+                RowError(event.index, "user_id", "unknown_user", "no such user (auto-insert off)")
+            )
+            bad = True
+        if not auto_items and event.item_id not in item_ids:
+            result.errors.append(
+                RowError(event.index, "item_id", "unknown_item", "no such item (auto-insert off)")
+            )
+            bad = True
+        if not bad:
+            kept.append(event)
+    missing_users = {e.user_id for e in kept if e.user_id not in user_ids}
+    missing_items = {e.item_id for e in kept if e.item_id not in item_ids}
+    if missing_users:
+        user_ids.update(_resolve(User, "u", missing_users, True, cache))
+    if missing_items:
+        item_ids.update(_resolve(Item, "i", missing_items, True, cache))
+    return [(e, user_ids[e.user_id], item_ids[e.item_id]) for e in kept]
+
+
+def _resolve(
+    model: type[User] | type[Item],
+    kind: str,
+    external_ids: set[str],
+    create: bool,
+    cache: dict[tuple[str, str], int],
+) -> dict[str, int]:
+    found = {}
+    wanted = []
+    for ext in external_ids:
+        pk = cache.get((kind, ext))
+        if pk is None:
+            wanted.append(ext)
+        else:
+            found[ext] = pk
+    if wanted:
+        fetched = catalog_ids_resolve(model=model, external_ids=wanted, create_missing=create)
+        found.update(fetched)
+        if cache is not None:
+            # Only remember ids once committed would be stricter; an import runs in one process
+            # and a rollback ends it, so the cache dies with it.
+            for ext, pk in fetched.items():
+                cache[(kind, ext)] = pk
+    return found
+
+
+def _store_postgresql(batch: list[_Row], now: datetime, *, use_copy: bool) -> int:
+    with connection.cursor() as cursor:
+        if not use_copy:
+            events = [row[0] for row in batch]
+            cursor.execute(
+                _INSERT_FROM_ARRAYS,
+                {
+                    "now": now,
+                    "keys": [e.event_id for e in events],
+                    "user_ids": [row[1] for row in batch],
+                    "item_ids": [row[2] for row in batch],
+                    "session_ids": [e.session_id for e in events],
+                    "types": [e.type for e in events],
+                    "values": [e.value for e in events],
+                    "timestamps": [e.timestamp for e in events],
+                    "recommendation_ids": [e.recommendation_id for e in events],
+                    "contexts": [e.context for e in events],
+                },
+            )
+            return cursor.rowcount
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} ("
+            "event_id text, user_id bigint, item_id bigint, session_id text, type text, "
+            "value float8, timestamp timestamptz, recommendation_id text, context jsonb"
+            ") ON COMMIT DELETE ROWS"
+        )
+        with cursor.cursor.copy(f"COPY {_STAGE} ({_STAGE_COLUMNS}) FROM STDIN") as copy:
+            write_row = copy.write_row
+            for e, user_pk, item_pk in batch:
+                write_row(
+                    (
+                        e.event_id,
+                        user_pk,
+                        item_pk,
+                        e.session_id,
+                        e.type,
+                        e.value,
+                        e.timestamp,
+                        e.recommendation_id,
+                        e.context,
+                    )
+                )
+        cursor.execute(_INSERT_FROM_STAGE, {"now": now})
+        return cursor.rowcount
+
+
+def _store_portable(batch: list[_Row], now: datetime) -> int:
+    """SQLite and friends: the database serialises writers (IMMEDIATE transactions), so
+    look-then-insert inside the transaction is race-free."""
+    keys = [row[0].event_id for row in batch]
+    taken: set[str] = set()
+    for start in range(0, len(keys), 500):
+        taken.update(
+            EventKey.objects.filter(event_id__in=keys[start : start + 500]).values_list(
+                "event_id", flat=True
+            )
+        )
+    fresh = [row for row in batch if row[0].event_id not in taken]
+    EventKey.objects.bulk_create(
+        [EventKey(event_id=e.event_id, received_at=now) for e, _, _ in fresh], batch_size=500
+    )
+    Event.objects.bulk_create(
+        [
+            Event(
+                event_id=e.event_id,
+                user_id=user_pk,
+                item_id=item_pk,
+                session_id=e.session_id,
+                type=e.type,
+                value=e.value,
+                timestamp=e.timestamp,
+                ingested_at=now,
+                recommendation_id=e.recommendation_id,
+                context=None if e.context is None else orjson.loads(e.context),
+            )
+            for e, user_pk, item_pk in fresh
+        ],
+        batch_size=500,
+    )
+    return len(fresh)
+
+
+def events_delete_for_user(user_pk: int) -> int:
+    """Every event of one shopper (right to be forgotten); how many went."""
+    return Event.objects.filter(user_id=user_pk)._raw_delete(Event.objects.db)
+
+
+def events_retention_apply(*, now: datetime | None = None) -> dict[str, Any]:
+    """Drop event partitions older than EVENTS_RETENTION_DAYS (when set) and idempotency keys
+    older than EVENTS_DEDUP_DAYS. Safe to run twice."""
+    now = now or timezone.now()
+    report: dict[str, Any] = {"dropped_partitions": [], "pruned_keys": 0}
+    if settings.EVENTS_RETENTION_DAYS:
+        report["dropped_partitions"] = partitions.partitions_drop_before(
+            cutoff=now - timedelta(days=settings.EVENTS_RETENTION_DAYS)
+        )
+    key_cutoff = now - timedelta(days=settings.EVENTS_DEDUP_DAYS)
+    report["pruned_keys"] = EventKey.objects.filter(received_at__lt=key_cutoff)._raw_delete(
+        EventKey.objects.db
+    )
+    return report

@@ -1,0 +1,241 @@
+"""Bulk validation of incoming events: one tight loop in plain Python instead of a serializer per
+event (a DRF serializer costs ~100 us an event; this costs a few). Used by the HTTP API and by
+`import_events`, so both accept and reject exactly the same things."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from django.conf import settings
+
+from core.catalog.validation import MAX_ID_LENGTH, RowError
+
+MAX_EVENT_ID_LENGTH = 128
+MAX_SESSION_ID_LENGTH = 128
+MAX_RECOMMENDATION_ID_LENGTH = 64
+# Epoch numbers above this are read as milliseconds (year 2286 in seconds).
+_MILLIS_THRESHOLD = 10_000_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+EVENT_FIELDS = frozenset(
+    {
+        "event_id",
+        "user_id",
+        "item_id",
+        "session_id",
+        "type",
+        "value",
+        "timestamp",
+        "recommendation_id",
+        "context",
+    }
+)
+REQUIRED_FIELDS = ("event_id", "user_id", "item_id", "type")
+
+
+@dataclass(frozen=True, slots=True)
+class EventIn:
+    """A valid event. `index` is its position in the request (or line in a file), for errors;
+    `context` is already serialized JSON."""
+
+    index: int
+    event_id: str
+    user_id: str
+    item_id: str
+    type: str
+    value: float | None
+    timestamp: datetime
+    session_id: str | None
+    recommendation_id: str | None
+    context: str | None
+
+
+def _ident(value: Any, max_length: int) -> str | None:
+    # Strings, or integers turned into strings; never bool/float/object.
+    if type(value) is str:
+        return value if 0 < len(value) <= max_length else None
+    if type(value) is int:
+        return str(value)
+    return None
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """ISO 8601 (a naive time is UTC) or epoch seconds (milliseconds when large)."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            return None
+        seconds = value / 1000 if abs(value) >= _MILLIS_THRESHOLD else value
+        try:
+            return _EPOCH + timedelta(seconds=seconds)
+        except OverflowError:
+            return None
+    return None
+
+
+class EventValidator:
+    """Validate many events against one clock and the settings of the moment."""
+
+    def __init__(self, *, now: datetime | None = None) -> None:
+        self.now = now or datetime.now(tz=UTC)
+        self.latest = self.now + timedelta(seconds=settings.EVENTS_MAX_FUTURE_SECONDS)
+        self.types = settings.EVENT_TYPE_WEIGHTS
+        self.max_context = settings.EVENTS_MAX_CONTEXT_BYTES
+
+    def validate(
+        self, raw_events: list[Any], *, start_index: int = 0
+    ) -> tuple[list[EventIn], list[RowError]]:
+        valid: list[EventIn] = []
+        errors: list[RowError] = []
+        one = self.one
+        for offset, raw in enumerate(raw_events):
+            event = one(raw, start_index + offset, errors)
+            if event is not None:
+                valid.append(event)
+        return valid, errors
+
+    def one(self, raw: Any, index: int, errors: list[RowError]) -> EventIn | None:
+        if type(raw) is not dict:
+            errors.append(RowError(index, None, "invalid", "an event must be a JSON object"))
+            return None
+        problems = len(errors)
+        if not raw.keys() <= EVENT_FIELDS:
+            unknown = sorted(raw.keys() - EVENT_FIELDS)
+            errors.append(
+                RowError(
+                    index, unknown[0], "unknown_field", f"unknown field(s): {', '.join(unknown)}"
+                )
+            )
+        get = raw.get
+        event_id = _ident(get("event_id"), MAX_EVENT_ID_LENGTH)
+        user_id = _ident(get("user_id"), MAX_ID_LENGTH)
+        item_id = _ident(get("item_id"), MAX_ID_LENGTH)
+        event_type = get("type")
+        if event_id is None or user_id is None or item_id is None:
+            for name, parsed, limit in (
+                ("event_id", event_id, MAX_EVENT_ID_LENGTH),
+                ("user_id", user_id, MAX_ID_LENGTH),
+                ("item_id", item_id, MAX_ID_LENGTH),
+            ):
+                if parsed is None:
+                    if get(name) is None:
+                        errors.append(RowError(index, name, "required", "is required"))
+                    else:
+                        errors.append(
+                            RowError(
+                                index,
+                                name,
+                                "invalid",
+                                f"must be a string of 1 to {limit} characters (or an integer)",
+                            )
+                        )
+        if event_type not in self.types:
+            if event_type is None:
+                errors.append(RowError(index, "type", "required", "is required"))
+            else:
+                errors.append(
+                    RowError(
+                        index,
+                        "type",
+                        "unknown_type",
+                        f"unknown event type {str(event_type)[:40]!r}; "
+                        f"known: {', '.join(self.types)}",
+                    )
+                )
+        value = get("value")
+        if value is not None:
+            if type(value) not in (int, float) or not math.isfinite(value):
+                errors.append(RowError(index, "value", "invalid", "must be a finite number"))
+                value = None
+            else:
+                value = float(value)
+        elif event_type == "rating":
+            errors.append(RowError(index, "value", "required", "a rating needs a value"))
+        raw_timestamp = get("timestamp")
+        if raw_timestamp is None:
+            timestamp = self.now
+        else:
+            timestamp = parse_timestamp(raw_timestamp)
+            if timestamp is None:
+                errors.append(
+                    RowError(
+                        index,
+                        "timestamp",
+                        "invalid",
+                        "must be ISO 8601 (e.g. 2026-01-31T12:00:00Z) or epoch seconds",
+                    )
+                )
+            elif timestamp > self.latest:
+                errors.append(
+                    RowError(
+                        index,
+                        "timestamp",
+                        "future_timestamp",
+                        f"is more than {settings.EVENTS_MAX_FUTURE_SECONDS} s in the future",
+                    )
+                )
+            elif timestamp < _EPOCH:
+                errors.append(RowError(index, "timestamp", "invalid", "is before 1970"))
+        session_id = get("session_id")
+        if session_id is not None:
+            session_id = _ident(session_id, MAX_SESSION_ID_LENGTH)
+            if session_id is None:
+                errors.append(
+                    RowError(
+                        index,
+                        "session_id",
+                        "invalid",
+                        f"must be a string of 1 to {MAX_SESSION_ID_LENGTH} characters",
+                    )
+                )
+        recommendation_id = get("recommendation_id")
+        if recommendation_id is not None:
+            recommendation_id = _ident(recommendation_id, MAX_RECOMMENDATION_ID_LENGTH)
+            if recommendation_id is None:
+                errors.append(
+                    RowError(
+                        index,
+                        "recommendation_id",
+                        "invalid",
+                        f"must be a string of 1 to {MAX_RECOMMENDATION_ID_LENGTH} characters",
+                    )
+                )
+        context = get("context")
+        context_json = None
+        if context is not None:
+            if type(context) is not dict:
+                errors.append(RowError(index, "context", "invalid", "must be a JSON object"))
+            else:
+                context_json = orjson.dumps(context).decode()
+                if len(context_json) > self.max_context:
+                    errors.append(
+                        RowError(
+                            index,
+                            "context",
+                            "too_large",
+                            f"is {len(context_json)} bytes; the limit is {self.max_context}",
+                        )
+                    )
+        if len(errors) != problems:
+            return None
+        return EventIn(
+            index,
+            event_id,  # type: ignore[arg-type]
+            user_id,  # type: ignore[arg-type]
+            item_id,  # type: ignore[arg-type]
+            event_type,
+            value,
+            timestamp,  # type: ignore[arg-type]
+            session_id,
+            recommendation_id,
+            context_json,
+        )
