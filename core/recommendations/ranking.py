@@ -1,0 +1,120 @@
+"""Pure re-ranking steps applied after the model: business rules and diversity.
+
+No database, no cache: callers pass what the steps need, so each step is testable alone and the
+order of steps is visible in `services.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+
+@dataclass(frozen=True)
+class Candidate:
+    item_id: str
+    score: float
+
+
+class RuleKind(StrEnum):
+    PIN = "pin"  # put the item at `position` (1-based) whenever it is a candidate or not
+    BOOST = "boost"  # multiply the score by `factor` (> 1)
+    BURY = "bury"  # move to the end, keeping the relative order of buried items
+    EXCLUDE = "exclude"  # never show
+
+
+@dataclass(frozen=True)
+class ActiveRule:
+    """A business rule in force now. It targets items by id and/or by category subtree."""
+
+    kind: RuleKind
+    item_ids: frozenset[str] = frozenset()
+    category: str = ""  # "" = no category target
+    factor: float = 1.0
+    position: int = 1
+
+    def matches(self, item_id: str, category: str) -> bool:
+        if item_id in self.item_ids:
+            return True
+        if self.category:
+            return category == self.category or category.startswith(self.category + "/")
+        return False
+
+
+def apply_rules(
+    candidates: Sequence[Candidate],
+    rules: Iterable[ActiveRule],
+    categories: Mapping[str, str],
+) -> list[Candidate]:
+    """Exclude, boost, bury, then pin. Pinned items that are not candidates are inserted (they
+    must be in `categories`, i.e. known to be available); pins beyond the list's end append."""
+    rules = list(rules)
+    if not rules:
+        return list(candidates)
+
+    def category_of(item_id: str) -> str:
+        return categories.get(item_id, "")
+
+    excludes = [rule for rule in rules if rule.kind is RuleKind.EXCLUDE]
+    boosts = [rule for rule in rules if rule.kind is RuleKind.BOOST]
+    buries = [rule for rule in rules if rule.kind is RuleKind.BURY]
+    pins = sorted(
+        (rule for rule in rules if rule.kind is RuleKind.PIN), key=lambda rule: rule.position
+    )
+
+    kept = [
+        c
+        for c in candidates
+        if not any(r.matches(c.item_id, category_of(c.item_id)) for r in excludes)
+    ]
+    boosted = []
+    for candidate in kept:
+        factor = 1.0
+        for rule in boosts:
+            if rule.matches(candidate.item_id, category_of(candidate.item_id)):
+                factor *= rule.factor
+        boosted.append(
+            replace(candidate, score=candidate.score * factor) if factor != 1 else candidate
+        )
+    boosted.sort(key=lambda c: c.score, reverse=True)  # stable: ties keep model order
+    top = [
+        c for c in boosted if not any(r.matches(c.item_id, category_of(c.item_id)) for r in buries)
+    ]
+    bottom = [c for c in boosted if c not in top]
+    ranked = top + bottom
+
+    for rule in pins:
+        for item_id in sorted(rule.item_ids):
+            if item_id not in categories or any(
+                r.matches(item_id, category_of(item_id)) for r in excludes
+            ):
+                continue  # unknown, unavailable or excluded items are never pinned in
+            existing = next((c for c in ranked if c.item_id == item_id), None)
+            if existing is not None:
+                ranked.remove(existing)
+            pinned = existing or Candidate(item_id=item_id, score=0.0)
+            ranked.insert(min(rule.position - 1, len(ranked)), pinned)
+    return ranked
+
+
+def diversify(
+    candidates: Sequence[Candidate], categories: Mapping[str, str], max_per_category: int
+) -> list[Candidate]:
+    """At most `max_per_category` items of one top-level category before any item over the cap;
+    over-cap items follow in their order, so a list is never cut short by diversity.
+    0 disables."""
+    if max_per_category <= 0:
+        return list(candidates)
+    seen: dict[str, int] = {}
+    head: list[Candidate] = []
+    tail: list[Candidate] = []
+    for candidate in candidates:
+        top_level = categories.get(candidate.item_id, "").split("/", 1)[0]
+        count = seen.get(top_level, 0)
+        if top_level and count >= max_per_category:
+            tail.append(candidate)
+        else:
+            seen[top_level] = count + 1
+            head.append(candidate)
+    return head + tail
