@@ -159,11 +159,36 @@ def _resolve_ids(
             kept.append(event)
     missing_users = {e.user_id for e in kept if e.user_id not in user_ids}
     missing_items = {e.item_id for e in kept if e.item_id not in item_ids}
+    if missing_users or missing_items:
+        # Only new events may create users/items: a retry must change nothing, not even bring
+        # back a shopper who was forgotten meanwhile. Events already stored are duplicates.
+        taken = _taken_keys([e.event_id for e in kept])
+        if taken:
+            result.duplicates += sum(1 for e in kept if e.event_id in taken)
+            kept = [e for e in kept if e.event_id not in taken]
+            missing_users = {e.user_id for e in kept if e.user_id not in user_ids}
+            missing_items = {e.item_id for e in kept if e.item_id not in item_ids}
     if missing_users:
         user_ids.update(_resolve(User, "u", missing_users, True, cache))
     if missing_items:
         item_ids.update(_resolve(Item, "i", missing_items, True, cache))
     return [(e, user_ids[e.user_id], item_ids[e.item_id]) for e in kept]
+
+
+def _taken_keys(keys: list[str]) -> set[str]:
+    """Which of these idempotency keys are already stored."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT event_id FROM events_eventkey WHERE event_id = ANY(%s)", [keys])
+            return {row[0] for row in cursor.fetchall()}
+    taken: set[str] = set()
+    for start in range(0, len(keys), 500):  # SQLite's bound-variable limit
+        taken.update(
+            EventKey.objects.filter(event_id__in=keys[start : start + 500]).values_list(
+                "event_id", flat=True
+            )
+        )
+    return taken
 
 
 def _resolve(
@@ -241,14 +266,7 @@ def _store_postgresql(batch: list[_Row], now: datetime, *, use_copy: bool) -> in
 def _store_portable(batch: list[_Row], now: datetime) -> int:
     """SQLite and friends: the database serialises writers (IMMEDIATE transactions), so
     look-then-insert inside the transaction is race-free."""
-    keys = [row[0].event_id for row in batch]
-    taken: set[str] = set()
-    for start in range(0, len(keys), 500):
-        taken.update(
-            EventKey.objects.filter(event_id__in=keys[start : start + 500]).values_list(
-                "event_id", flat=True
-            )
-        )
+    taken = _taken_keys([row[0].event_id for row in batch])
     fresh = [row for row in batch if row[0].event_id not in taken]
     EventKey.objects.bulk_create(
         [EventKey(event_id=e.event_id, received_at=now) for e, _, _ in fresh], batch_size=500

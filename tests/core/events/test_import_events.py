@@ -1,0 +1,97 @@
+"""manage.py import_events: MovieLens ratings.csv, JSON lines with a mapping, re-runs, bad rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from io import StringIO
+
+import orjson
+import pytest
+from django.core.management import CommandError, call_command
+
+from core.catalog.models import Item, User
+from core.events.models import Event
+
+pytestmark = pytest.mark.django_db
+
+MOVIELENS = """userId,movieId,rating,timestamp
+1,1,4.0,964982703
+1,3,4.0,964981247
+2,3,5.0,1445714835
+2,50,oops,1445714836
+3,31,0.5,1306463578
+"""
+
+
+def run(*args) -> tuple[str, str]:
+    out, err = StringIO(), StringIO()
+    call_command("import_events", *map(str, args), stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_movielens_ratings_csv_imports_as_is(tmp_path):
+    # given
+    path = tmp_path / "ratings.csv"
+    path.write_text(MOVIELENS)
+
+    # when
+    out, err = run(path)
+
+    # then: four good rows, one bad one named by its line
+    assert "read 5, accepted 4, duplicates 0, rejected 1" in out
+    assert "line 5 (value): invalid" in err
+    rating = Event.objects.get(user__external_id="2", item__external_id="3")
+    assert (rating.type, rating.value) == ("rating", 5.0)
+    assert rating.timestamp == datetime.fromtimestamp(1445714835, tz=UTC)
+    assert User.objects.count() == 3
+    assert set(Item.objects.values_list("external_id", flat=True)) == {"1", "3", "31"}
+
+
+def test_importing_the_same_file_twice_stores_nothing_new(tmp_path):
+    path = tmp_path / "ratings.csv"
+    path.write_text(MOVIELENS)
+    run(path)
+
+    out, _ = run(path, "--chunk-size", 2)
+
+    assert "accepted 0, duplicates 4, rejected 1" in out
+    assert Event.objects.count() == 4
+
+
+def test_json_lines_with_a_column_mapping(tmp_path):
+    path = tmp_path / "clicks.jsonl"
+    lines = [
+        {"id": "c1", "who": "ann", "what": "sku-1", "kind": "click", "at": "2025-03-01T10:00:00Z"},
+        {"id": "c2", "who": "bob", "what": "sku-2", "kind": "purchase", "at": 1740823200},
+        {"id": "c3", "who": "bob", "what": "sku-2", "kind": "teleport", "at": 1740823200},
+    ]
+    path.write_text("\n".join(orjson.dumps(line).decode() for line in lines) + "\n{broken\n")
+
+    out, err = run(path, "--map", "event_id=id,user_id=who,item_id=what,type=kind,timestamp=at")
+
+    assert "read 4, accepted 2, duplicates 0, rejected 2" in out
+    assert "line 3 (type): unknown_type" in err
+    assert "line 4: unreadable" in err
+    assert set(Event.objects.values_list("event_id", flat=True)) == {"c1", "c2"}
+
+
+def test_csv_with_event_fields_as_columns_and_a_default_type(tmp_path):
+    path = tmp_path / "views.csv"
+    path.write_text("user_id,item_id,timestamp\nu1,i1,2025-01-01T00:00:00Z\nu2,i2,\n")
+
+    out, _ = run(path, "--type", "view")
+
+    assert "accepted 2" in out
+    assert set(Event.objects.values_list("type", flat=True)) == {"view"}
+
+
+def test_bad_mapping_and_missing_columns_stop_with_a_message(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("a,b\n1,2\n")
+
+    with pytest.raises(CommandError, match="unknown event field 'colour'"):
+        run(path, "--map", "colour=a")
+    with pytest.raises(CommandError, match=r"column\(s\) zzz not in the header"):
+        run(path, "--map", "user_id=zzz")
+    with pytest.raises(CommandError, match="no such file"):
+        run(tmp_path / "missing.csv")
