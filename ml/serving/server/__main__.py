@@ -39,12 +39,26 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model_name", default="default", help="name of the model (without a config file)")
     add("--model_base_path", default="", help="folder holding numeric version folders")
     add("--model_config_file", default="", help="text ModelServerConfig; overrides the above")
-    add("--model_config_file_poll_wait_seconds", type=float, default=0.0,
-        help="re-read the config file this often; 0 reads it once")
-    add("--file_system_poll_wait_seconds", type=float, default=1.0,
-        help="scan base paths for new versions this often; 0 scans once")
-    add("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True,
-        default=False, help="allow new labels to point at versions not yet AVAILABLE")
+    add(
+        "--model_config_file_poll_wait_seconds",
+        type=float,
+        default=0.0,
+        help="re-read the config file this often; 0 reads it once",
+    )
+    add(
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="scan base paths for new versions this often; 0 scans once",
+    )
+    add(
+        "--allow_version_labels_for_unavailable_models",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="allow new labels to point at versions not yet AVAILABLE",
+    )
     add("--max_num_load_retries", type=int, default=5)
     add("--load_retry_interval_micros", type=int, default=60_000_000)
     add("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True)

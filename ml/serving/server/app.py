@@ -49,8 +49,11 @@ class ServerOptions:
 
 
 class ModelServer:
-    def __init__(self, options: ServerOptions,
-                 config: model_server_config_pb2.ModelServerConfig | None = None) -> None:
+    def __init__(
+        self,
+        options: ServerOptions,
+        config: model_server_config_pb2.ModelServerConfig | None = None,
+    ) -> None:
         """`config` overrides the options' model flags and file (handy in-process)."""
         self.options = options
         self.metrics = ServerMetrics()
@@ -106,8 +109,9 @@ class ModelServer:
         self.manager.start_polling()
 
         self._grpc_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self.options.grpc_max_threads,
-                                       thread_name_prefix="grpc"),
+            futures.ThreadPoolExecutor(
+                max_workers=self.options.grpc_max_threads, thread_name_prefix="grpc"
+            ),
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -128,8 +132,9 @@ class ModelServer:
             self.rest_port = self._rest.port
             logger.info("Exporting HTTP/REST API at %s:%d ...", self.options.host, self.rest_port)
         if self.options.model_config_file and self.options.model_config_file_poll_wait_seconds > 0:
-            self._config_poller = threading.Thread(target=self._poll_config_file,
-                                                   name="model-config-poll", daemon=True)
+            self._config_poller = threading.Thread(
+                target=self._poll_config_file, name="model-config-poll", daemon=True
+            )
             self._config_poller.start()
         return self
 

@@ -10,9 +10,9 @@ from ml.serving.server import errors
 CONFIG_TYPE = "tensorflow.serving.ModelServerConfig"
 
 
-def config_from_flags(model_name: str, model_base_path: str) -> (
-    model_server_config_pb2.ModelServerConfig
-):
+def config_from_flags(
+    model_name: str, model_base_path: str
+) -> model_server_config_pb2.ModelServerConfig:
     """One model, latest version (TF Serving's behaviour without a config file)."""
     config = model_server_config_pb2.ModelServerConfig()
     model = config.model_config_list.config.add()

@@ -35,8 +35,12 @@ class _HalfPlusTwo(tf.Module):
     def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"y": self.a * x + self.b}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x"),
-                                  tf.TensorSpec([None], tf.float32, name="z")])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.float32, name="x"),
+            tf.TensorSpec([None], tf.float32, name="z"),
+        ]
+    )
     def two_inputs(self, x: tf.Tensor, z: tf.Tensor) -> dict[str, tf.Tensor]:
         y = self.a * x + self.b
         return {"y": y, "sum": y + z}
@@ -68,8 +72,12 @@ def _set_method_names(export_dir: str, methods: dict[str, str]) -> None:
         handle.write(saved_model.SerializeToString())
 
 
-def _export_atomically(module: tf.Module, export_dir: str, signatures: dict[str, object],
-                       methods: dict[str, str] | None = None) -> str:
+def _export_atomically(
+    module: tf.Module,
+    export_dir: str,
+    signatures: dict[str, object],
+    methods: dict[str, str] | None = None,
+) -> str:
     """Write next to `export_dir`, then rename: a version folder appears complete or not at all."""
     parent = os.path.dirname(os.path.abspath(export_dir))
     os.makedirs(parent, exist_ok=True)

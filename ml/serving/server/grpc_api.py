@@ -49,9 +49,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
         return _answer(context, lambda: self._handlers.get_model_status(request))
 
-    def HandleReloadConfigRequest(
-        self, request: Any, context: grpc.ServicerContext
-    ) -> Any:
+    def HandleReloadConfigRequest(self, request: Any, context: grpc.ServicerContext) -> Any:
         return _answer(context, lambda: self._handlers.reload_config(request))
 
 

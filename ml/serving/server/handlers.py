@@ -65,8 +65,13 @@ class ServingHandlers:
             code = "INTERNAL"
             raise errors.internal(f"{type(error).__name__}: {error}") from error
         finally:
-            self.metrics.observe(model=spec.name, version=version, api=api, code=code,
-                                 seconds=time.perf_counter() - started)
+            self.metrics.observe(
+                model=spec.name,
+                version=version,
+                api=api,
+                code=code,
+                seconds=time.perf_counter() - started,
+            )
 
     def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         return self.serve("predict", request, lambda s: inference.predict(s, request))
@@ -87,14 +92,15 @@ class ServingHandlers:
         if not request.tasks:
             raise errors.invalid_argument("Tasks is empty")
         first = request.tasks[0]
-        return self.serve("multi_inference", first,
-                           lambda s: inference.multi_inference(s, request))
+        return self.serve("multi_inference", first, lambda s: inference.multi_inference(s, request))
 
     def get_model_metadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
         return self.serve(
-            "get_model_metadata", request, lambda s: inference.model_metadata(s, request),
+            "get_model_metadata",
+            request,
+            lambda s: inference.model_metadata(s, request),
             before=lambda: inference.check_metadata_request(request),
         )
 
@@ -117,8 +123,13 @@ class ServingHandlers:
     ) -> model_management_pb2.ReloadConfigResponse:
         """Replace the model list; the error, if any, is both raised and in the response."""
         for index, model in enumerate(request.config.model_config_list.config):
-            logger.info("Config entry index: %d path: %s name: %s platform: %s", index,
-                        model.base_path, model.name, model.model_platform)
+            logger.info(
+                "Config entry index: %d path: %s name: %s platform: %s",
+                index,
+                model.base_path,
+                model.name,
+                model.model_platform,
+            )
         try:
             self.manager.apply_config(request.config)
         except ServingError as error:

@@ -66,9 +66,7 @@ def predict(
     signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
     signature = servable.signatures.get(signature_name)
     if signature is None:
-        raise errors.failed_precondition(
-            f'Serving signature key "{signature_name}" not found.'
-        )
+        raise errors.failed_precondition(f'Serving signature key "{signature_name}" not found.')
     if signature.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
         raise errors.internal(
             "Expected prediction signature method_name to be one of "
@@ -93,8 +91,9 @@ def predict(
     by_name = dict(zip(fetch_names, values, strict=True))
 
     response = predict_pb2.PredictResponse()
-    make_model_spec(response.model_spec, request.model_spec.name, servable.id.version,
-                    signature_name)
+    make_model_spec(
+        response.model_spec, request.model_spec.name, servable.id.version, signature_name
+    )
     for alias in aliases:
         info = signature.outputs[alias]
         ndarray_to_proto(by_name[info.name], info.dtype, response.outputs[alias])
@@ -166,9 +165,9 @@ def _predict_outputs(
     return aliases
 
 
-def _run(servable: LoadedServable, feeds: list[tuple[str, np.ndarray]], fetches: list[str]) -> (
-    list[np.ndarray]
-):
+def _run(
+    servable: LoadedServable, feeds: list[tuple[str, np.ndarray]], fetches: list[str]
+) -> list[np.ndarray]:
     """Run the graph; TensorFlow's own errors keep their code (a bad shape: INVALID_ARGUMENT)."""
     try:
         return servable.run(feeds, fetches)
@@ -208,17 +207,16 @@ def _signature_for(
         raise errors.invalid_argument(f"No signature was found with the name: {signature_name}")
     if signature.method_name != method:
         raise errors.invalid_argument(
-            f"Expected {kind} signature method_name to be {method}. "
-            f"Was: {signature.method_name}"
+            f"Expected {kind} signature method_name to be {method}. Was: {signature.method_name}"
         )
     if len(signature.inputs) != 1:
         raise errors.invalid_argument("Expected one input Tensor.")
     return signature_name, signature
 
 
-def _examples_feed(signature: meta_graph_pb2.SignatureDef, examples: list[bytes]) -> (
-    list[tuple[str, np.ndarray]]
-):
+def _examples_feed(
+    signature: meta_graph_pb2.SignatureDef, examples: list[bytes]
+) -> list[tuple[str, np.ndarray]]:
     (info,) = signature.inputs.values()
     if info.dtype != types_pb2.DT_STRING:
         raise errors.invalid_argument(
@@ -235,8 +233,9 @@ def classify(
     )
     response = classification_pb2.ClassificationResponse()
     _classify_into(servable, signature, request.input, response.result)
-    make_model_spec(response.model_spec, request.model_spec.name, servable.id.version,
-                    signature_name)
+    make_model_spec(
+        response.model_spec, request.model_spec.name, servable.id.version, signature_name
+    )
     return response
 
 
@@ -288,8 +287,9 @@ def regress(
     )
     response = regression_pb2.RegressionResponse()
     _regress_into(servable, signature, request.input, response.result)
-    make_model_spec(response.model_spec, request.model_spec.name, servable.id.version,
-                    signature_name)
+    make_model_spec(
+        response.model_spec, request.model_spec.name, servable.id.version, signature_name
+    )
     return response
 
 
@@ -305,8 +305,7 @@ def _regress_into(
     info = signature.outputs.get("outputs")
     if info is None:
         raise errors.failed_precondition(
-            "No regression outputs found in signature. Expected one output Tensor named "
-            "'outputs'."
+            "No regression outputs found in signature. Expected one output Tensor named 'outputs'."
         )
     (values,) = _run(servable, _examples_feed(signature, examples), [info.name])
     batch = len(examples)
@@ -327,22 +326,26 @@ def multi_inference(
         raise errors.invalid_argument("Tasks is empty")
     names = {task.model_spec.name for task in request.tasks}
     if len(names) != 1:
-        raise errors.invalid_argument("All ModelSpecs in a MultiInferenceRequest must access the "
-                                      "same model name.")
-    signature_names = [task.model_spec.signature_name or DEFAULT_SIGNATURE
-                       for task in request.tasks]
+        raise errors.invalid_argument(
+            "All ModelSpecs in a MultiInferenceRequest must access the same model name."
+        )
+    signature_names = [
+        task.model_spec.signature_name or DEFAULT_SIGNATURE for task in request.tasks
+    ]
     if len(set(signature_names)) != len(signature_names):
         raise errors.invalid_argument("Duplicate evaluation of signature")
     response = inference_pb2.MultiInferenceResponse()
     for task in request.tasks:
         result = response.results.add()
         if task.method_name == CLASSIFY_METHOD:
-            name, signature = _signature_for(servable, task.model_spec, CLASSIFY_METHOD,
-                                             "classification")
+            name, signature = _signature_for(
+                servable, task.model_spec, CLASSIFY_METHOD, "classification"
+            )
             _classify_into(servable, signature, request.input, result.classification_result)
         elif task.method_name == REGRESS_METHOD:
-            name, signature = _signature_for(servable, task.model_spec, REGRESS_METHOD,
-                                             "regression")
+            name, signature = _signature_for(
+                servable, task.model_spec, REGRESS_METHOD, "regression"
+            )
             _regress_into(servable, signature, request.input, result.regression_result)
         else:
             raise errors.invalid_argument(f"Unsupported signature method_name: {task.method_name}")

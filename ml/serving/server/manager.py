@@ -95,9 +95,9 @@ def scan_versions(base_path: str) -> dict[int, str]:
     return versions
 
 
-def aspired_versions(config: model_server_config_pb2.ModelConfig, on_disk: dict[int, str]) -> (
-    set[int]
-):
+def aspired_versions(
+    config: model_server_config_pb2.ModelConfig, on_disk: dict[int, str]
+) -> set[int]:
     policy = config.model_version_policy
     kind = policy.WhichOneof("policy_choice")
     if kind == "all":
@@ -146,8 +146,9 @@ def _load_error(error: BaseException) -> ServingError:
 class ModelManager:
     """Owns every model version; `resolve` hands a loaded version to a request."""
 
-    def __init__(self, options: ManagerOptions | None = None,
-                 listener: ManagerListener | None = None) -> None:
+    def __init__(
+        self, options: ManagerOptions | None = None, listener: ManagerListener | None = None
+    ) -> None:
         self.options = options or ManagerOptions()
         self.listener = listener or ManagerListener()
         self._lock = threading.Lock()  # models, versions' states, routing, labels
@@ -182,8 +183,10 @@ class ModelManager:
                         record.removed = True
                 for name, model_config in wanted.items():
                     record = self._models.get(name)
-                    if record is None or record.removed or (
-                        record.config.base_path != model_config.base_path
+                    if (
+                        record is None
+                        or record.removed
+                        or (record.config.base_path != model_config.base_path)
                     ):
                         if record is not None:
                             # A new base path is a new model: drop what the old path served.
@@ -240,8 +243,9 @@ class ModelManager:
 
     def start_polling(self) -> None:
         if self._poller is None:
-            self._poller = threading.Thread(target=self._poll_loop, name="model-repository-poll",
-                                            daemon=True)
+            self._poller = threading.Thread(
+                target=self._poll_loop, name="model-repository-poll", daemon=True
+            )
             self._poller.start()
 
     def stop(self, *, unload: bool = True) -> None:
@@ -288,13 +292,20 @@ class ModelManager:
                 record.missing_base_path_logged = False
             except OSError as error:
                 if not record.missing_base_path_logged:
-                    logger.warning("File system storage path %s of model %s cannot be read: %s",
-                                   record.config.base_path, name, error)
+                    logger.warning(
+                        "File system storage path %s of model %s cannot be read: %s",
+                        record.config.base_path,
+                        name,
+                        error,
+                    )
                     record.missing_base_path_logged = True
                 on_disk = {}
             if not on_disk and not record.missing_base_path_logged:
-                logger.warning("No versions of servable %s found under base path %s", name,
-                               record.config.base_path)
+                logger.warning(
+                    "No versions of servable %s found under base path %s",
+                    name,
+                    record.config.base_path,
+                )
                 record.missing_base_path_logged = True
             with self._lock:
                 for version, version_record in record.versions.items():
@@ -357,8 +368,9 @@ class ModelManager:
         started = time.monotonic()
         servable: LoadedServable | None = None
         try:
-            servable = LoadedServable.load(servable_id, path,
-                                           session_config=self.options.session_config)
+            servable = LoadedServable.load(
+                servable_id, path, session_config=self.options.session_config
+            )
             if self.options.enable_model_warmup:
                 run_warmup(servable, iterations=self.options.num_request_iterations_for_warmup)
         except Exception as exception:  # a bad version must never take the server down
@@ -375,8 +387,11 @@ class ModelManager:
                 attempts = version_record.failed_attempts
             retry = attempts <= self.options.max_num_load_retries
             logger.error(
-                "Loading servable %s failed (attempt %d%s): %s", servable_id, attempts,
-                ", will retry" if retry else ", giving up", error.message,
+                "Loading servable %s failed (attempt %d%s): %s",
+                servable_id,
+                attempts,
+                ", will retry" if retry else ", giving up",
+                error.message,
             )
             self.listener.load_finished(name, version, False, time.monotonic() - started)
             return
@@ -467,9 +482,7 @@ class ModelManager:
                 else:
                     requested = spec.version.value
                 if requested not in versions:
-                    raise errors.not_found(
-                        f"Could not find version {requested} of model {name}"
-                    )
+                    raise errors.not_found(f"Could not find version {requested} of model {name}")
                 versions = {requested: versions[requested]}
             elif not versions:
                 raise errors.not_found(f"Could not find any versions of model {name}")

@@ -12,7 +12,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from ml.serving.server.manager import ManagerListener
 
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
 )
 
 
@@ -20,32 +33,48 @@ class ServerMetrics(ManagerListener):
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "model_server_requests", "Requests handled, by model, version, API and status code.",
-            ["model", "version", "api", "code"], registry=self.registry,
+            "model_server_requests",
+            "Requests handled, by model, version, API and status code.",
+            ["model", "version", "api", "code"],
+            registry=self.registry,
         )
         self.errors = Counter(
-            "model_server_request_errors", "Requests that failed, by model, version, API and code.",
-            ["model", "version", "api", "code"], registry=self.registry,
+            "model_server_request_errors",
+            "Requests that failed, by model, version, API and code.",
+            ["model", "version", "api", "code"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "model_server_request_latency_seconds", "Time to answer a request, in the server.",
-            ["model", "version", "api"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "model_server_request_latency_seconds",
+            "Time to answer a request, in the server.",
+            ["model", "version", "api"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.loads = Counter(
-            "model_server_model_loads", "Version loads, by outcome (ok or error).",
-            ["model", "version", "outcome"], registry=self.registry,
+            "model_server_model_loads",
+            "Version loads, by outcome (ok or error).",
+            ["model", "version", "outcome"],
+            registry=self.registry,
         )
         self.load_latency = Histogram(
-            "model_server_model_load_seconds", "Time to load and warm up a version.",
-            ["model"], buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120), registry=self.registry,
+            "model_server_model_load_seconds",
+            "Time to load and warm up a version.",
+            ["model"],
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
+            registry=self.registry,
         )
         self.available = Gauge(
-            "model_server_version_available", "1 while a version is AVAILABLE.",
-            ["model", "version"], registry=self.registry,
+            "model_server_version_available",
+            "1 while a version is AVAILABLE.",
+            ["model", "version"],
+            registry=self.registry,
         )
         self.config_reloads = Counter(
-            "model_server_config_reloads", "Model config reloads, by outcome (ok or error).",
-            ["outcome"], registry=self.registry,
+            "model_server_config_reloads",
+            "Model config reloads, by outcome (ok or error).",
+            ["outcome"],
+            registry=self.registry,
         )
         self._available_versions: dict[str, set[int]] = {}
 

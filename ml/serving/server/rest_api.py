@@ -80,7 +80,7 @@ def _decode_strings(value: Any) -> Any:
             raise errors.invalid_argument(f"Unable to base64 decode: {error}") from None
     if isinstance(value, str):
         return value.encode()
-    raise errors.invalid_argument(f"Expected a string or {{\"b64\": ...}}, got: {value!r}")
+    raise errors.invalid_argument(f'Expected a string or {{"b64": ...}}, got: {value!r}')
 
 
 def json_to_array(value: Any, dtype: int, alias: str) -> np.ndarray:
@@ -174,8 +174,9 @@ def response_to_json(response: predict_pb2.PredictResponse, fmt: str) -> dict[st
         return {"outputs": {alias: _json_values(array) for alias, array in arrays.items()}}
     if len(arrays) == 1:
         return {"predictions": _json_values(next(iter(arrays.values())))}
-    batch_sizes = {alias: (array.shape[0] if array.ndim else None) for alias, array in
-                   arrays.items()}
+    batch_sizes = {
+        alias: (array.shape[0] if array.ndim else None) for alias, array in arrays.items()
+    }
     sizes = set(batch_sizes.values())
     if len(sizes) != 1 or None in sizes:
         raise errors.invalid_argument(
@@ -184,8 +185,11 @@ def response_to_json(response: predict_pb2.PredictResponse, fmt: str) -> dict[st
         )
     (batch,) = sizes
     columns = {alias: _json_values(array) for alias, array in arrays.items()}
-    return {"predictions": [{alias: values[row] for alias, values in columns.items()}
-                            for row in range(batch or 0)]}
+    return {
+        "predictions": [
+            {alias: values[row] for alias, values in columns.items()} for row in range(batch or 0)
+        ]
+    }
 
 
 # -- the HTTP server -------------------------------------------------------------------------
@@ -212,8 +216,9 @@ class RestApi:
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, name="rest-api",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.1,), name="rest-api", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -233,15 +238,16 @@ class RestApi:
                 return
             match = _MODEL_PATH.match(path)
             if match is None:
-                raise errors.ServingError(grpc.StatusCode.NOT_FOUND,
-                                          f"Malformed request: {method} {path}")
+                raise errors.ServingError(
+                    grpc.StatusCode.NOT_FOUND, f"Malformed request: {method} {path}"
+                )
             spec = model_pb2.ModelSpec(name=match["name"])
             if match["version"] is not None:
                 spec.version.value = int(match["version"])
             elif match["label"] is not None:
                 spec.version_label = match["label"]
             if method == "GET" and match["verb"] is None:
-                payload = (self._metadata(spec) if match["metadata"] else self._status(spec))
+                payload = self._metadata(spec) if match["metadata"] else self._status(spec)
             elif method == "POST" and match["verb"] == "predict" and not match["metadata"]:
                 payload = self._predict(spec, raw)
             elif method == "POST" and match["verb"] in ("classify", "regress"):
@@ -250,8 +256,9 @@ class RestApi:
                     f"REST :{match['verb']} is not implemented by the local server; use gRPC",
                 )
             else:
-                raise errors.ServingError(grpc.StatusCode.NOT_FOUND,
-                                          f"Malformed request: {method} {path}")
+                raise errors.ServingError(
+                    grpc.StatusCode.NOT_FOUND, f"Malformed request: {method} {path}"
+                )
             self._send_json(http, 200, payload)
         except ServingError as error:
             self._send_json(http, http_status(error), {"error": truncate_message(error.message)})
@@ -291,7 +298,8 @@ class RestApi:
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)
         response = self.handlers.get_model_status(request)
         return json_format.MessageToDict(
-            response, preserving_proto_field_name=True,
+            response,
+            preserving_proto_field_name=True,
             always_print_fields_with_no_presence=True,
         )
 
@@ -303,7 +311,8 @@ class RestApi:
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata[inference.SIGNATURE_DEF_FIELD].Unpack(signature_map)
         model_spec = json_format.MessageToDict(
-            response.model_spec, preserving_proto_field_name=True,
+            response.model_spec,
+            preserving_proto_field_name=True,
             always_print_fields_with_no_presence=True,
         )
         if "version" in model_spec and isinstance(model_spec["version"], dict):

@@ -157,9 +157,9 @@ def _set_shape(proto: tensor_pb2.TensorProto, shape: Sequence[int]) -> None:
     )
 
 
-def ndarray_to_proto(array: Any, dtype: int, proto: tensor_pb2.TensorProto | None = None) -> (
-    tensor_pb2.TensorProto
-):
+def ndarray_to_proto(
+    array: Any, dtype: int, proto: tensor_pb2.TensorProto | None = None
+) -> tensor_pb2.TensorProto:
     """Write `array` as a tensor of `dtype`, values in the typed field (`float_val`, ...)."""
     if proto is None:
         proto = tensor_pb2.TensorProto()

@@ -48,6 +48,9 @@ def run_warmup(servable: LoadedServable, *, iterations: int = 1) -> int:
                 inference.multi_inference(servable, log.multi_inference_log.request)
             else:
                 raise errors.unknown(f"Unsupported log_type for warmup: {kind}")
-    logger.info("Finished reading warmup data for model at %s. Number of warmup records read: %d.",
-                path, len(records))
+    logger.info(
+        "Finished reading warmup data for model at %s. Number of warmup records read: %d.",
+        path,
+        len(records),
+    )
     return len(records)
