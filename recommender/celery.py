@@ -4,6 +4,8 @@ import os
 
 from celery import Celery
 
+from recommender.settings.features import FEATURES_NEIGHBOURS_SECONDS, FEATURES_SWEEP_SECONDS
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recommender.settings")
 
 app = Celery("recommender")
@@ -13,4 +15,17 @@ app.autodiscover_tasks()
 app.conf.beat_schedule = {
     # Proves that beat and a worker are alive; /readyz and the admin read the last beat.
     "system-heartbeat": {"task": "system.heartbeat", "schedule": 30.0},
+    # Feature pipeline safety net: fold events a lost on-commit trigger missed (e.g. while the
+    # broker was down) and copy catalog availability to the hot store. Stale copies are dropped.
+    "features-sweep": {
+        "task": "features.sweep",
+        "schedule": FEATURES_SWEEP_SECONDS,
+        "options": {"expires": FEATURES_SWEEP_SECONDS * 5},
+    },
+    # Item co-occurrence ("viewed together", "bought together") brought up to date.
+    "features-neighbours": {
+        "task": "features.neighbours",
+        "schedule": FEATURES_NEIGHBOURS_SECONDS,
+        "options": {"expires": FEATURES_NEIGHBOURS_SECONDS * 3},
+    },
 }

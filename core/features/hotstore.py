@@ -1,0 +1,144 @@
+"""The hot copy of the features in Redis, for serving. Derived state: every value is written with
+an idempotent SET/ZADD/SADD of what the database holds, never INCR, so a redelivered task or a
+worker killed between commit and write changes nothing a re-run does not fix.
+
+Keys (prefix `feat:`):
+
+- `feat:u:<user external id>`: JSON `{"v": last event id, "c": {type: count}, "w": weighted sum,
+  "t": last event unix time, "h": [[event id, item external id, type, unix time], ...]}`, the
+  history oldest first.
+- `feat:i:<item external id>`: JSON `{"c": {type: count}, "p": popularity, "t1h"/"t24h"/"t7d":
+  trend valued at "r" (unix time)}`.
+- `feat:z:<window>` and `feat:z:<window>:<category>`: zsets of item external ids scored by
+  popularity (`all`) or log-trend (`1h`, `24h`, `7d`, see `log_trend`).
+- `feat:n:<kind>:<item external id>`: JSON `[[item external id, count], ...]`, best first (`kind`
+  view or buy).
+- `feat:unavailable`: set of external ids of deleted or unavailable items.
+- `feat:wm:<consumer>`: the watermark whose writes are all in Redis (absent: Redis lost them).
+
+A missing `feat:wm:*` marker means Redis came back empty (or was never filled): the selectors read
+the database meanwhile and the next job run rebuilds everything from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from typing import Any
+
+import redis
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "feat:"
+UNAVAILABLE = "feat:unavailable"
+WINDOWS: dict[str, float] = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}  # half-lives
+ZSET_WINDOWS = ("all", *WINDOWS)
+# How long serving skips Redis after an error, so a dead Redis costs microseconds per request.
+_COOLDOWN_SECONDS = 2.0
+
+_lock = threading.Lock()
+_clients: dict[str, redis.Redis] = {}
+_down_until = 0.0
+
+
+def user_key(external_id: str) -> str:
+    return f"feat:u:{external_id}"
+
+
+def item_key(external_id: str) -> str:
+    return f"feat:i:{external_id}"
+
+
+def zset_key(window: str, category: str | None = None) -> str:
+    return f"feat:z:{window}:{category}" if category else f"feat:z:{window}"
+
+
+def neighbours_key(kind: str, external_id: str) -> str:
+    return f"feat:n:{kind}:{external_id}"
+
+
+def marker_key(consumer: str) -> str:
+    return f"feat:wm:{consumer}"
+
+
+def decay_rate(window: str) -> float:
+    return math.log(2.0) / WINDOWS[window]
+
+
+def log_trend(value: float, ref: float, window: str) -> float:
+    """A trend value as a score comparable across items and constant in time: ln(value at ref)
+    + ref * rate. Every item decays at the same rate, so this order is the order at any moment."""
+    return math.log(max(value, 1e-300)) + ref * decay_rate(window)
+
+
+def trend_now(log_score: float, window: str, now: float) -> float:
+    """The decayed value now of a `log_trend` score."""
+    exponent = log_score - now * decay_rate(window)
+    return math.exp(exponent) if exponent > -700 else 0.0
+
+
+def category_prefixes(category: str) -> list[str]:
+    """'a/b/c' -> ['a', 'a/b', 'a/b/c']: an item is popular in its node and every ancestor."""
+    parts = [part for part in category.strip("/").split("/") if part]
+    return ["/".join(parts[: index + 1]) for index in range(len(parts))]
+
+
+def client(purpose: str = "serve") -> redis.Redis | None:
+    """The Redis client for `purpose` ("serve": short timeouts; "job": long pipelines), or None
+    when there is no FEATURES_REDIS_URL or Redis failed in the last few seconds."""
+    url = settings.FEATURES_REDIS_URL
+    if not url or time.monotonic() < _down_until:
+        return None
+    found = _clients.get(purpose)
+    if found is None:
+        with _lock:
+            found = _clients.get(purpose)
+            if found is None:
+                timeout = 0.25 if purpose == "serve" else 10.0
+                found = redis.Redis.from_url(
+                    url, socket_connect_timeout=0.25, socket_timeout=timeout
+                )
+                _clients[purpose] = found
+    return found
+
+
+def mark_down(exc: BaseException) -> None:
+    """Remember that Redis failed; callers fall back to the database for a moment."""
+    global _down_until
+    _down_until = time.monotonic() + _COOLDOWN_SECONDS
+    logger.warning("feature store unavailable, reading the database for now: %s", exc)
+
+
+def reset_clients() -> None:
+    """Forget clients and the failure window (after fork, and in tests)."""
+    global _down_until
+    with _lock:
+        _clients.clear()
+        _down_until = 0.0
+
+
+def delete_matching(store: redis.Redis, pattern: str) -> int:
+    deleted = 0
+    batch: list[Any] = []
+    for key in store.scan_iter(match=pattern, count=5000):
+        batch.append(key)
+        if len(batch) >= 5000:
+            deleted += store.unlink(*batch)
+            batch = []
+    if batch:
+        deleted += store.unlink(*batch)
+    return deleted
+
+
+def run_pipeline(store: redis.Redis, commands: list[tuple], *, chunk: int = 5000) -> None:
+    """Send commands [(method name, *args), ...] in pipelined chunks (not atomic: every command is
+    idempotent)."""
+    for start in range(0, len(commands), chunk):
+        pipe = store.pipeline(transaction=False)
+        for name, *args in commands[start : start + chunk]:
+            getattr(pipe, name)(*args)
+        pipe.execute()

@@ -1,0 +1,180 @@
+"""The "neighbours" consumer: item co-occurrence ("viewed together", "bought together").
+
+Each interaction of a kind pairs the item with the shopper's last FEATURES_NEIGHBOURS_WINDOW
+distinct items of that kind (kept in NeighbourContext, so a re-run pairs identically); pair counts
+grow in ItemPair, and each changed item's top-K is merged into ItemNeighbours (exact, because
+counts only grow). Runs on its own watermark, on beat, so the heavier pair writes never slow the
+fresh per-user features down.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import redis
+from django.conf import settings
+
+from . import hotstore
+from .activity import external_ids
+from .bulk import fetch_by_ids, is_postgresql, upsert
+from .models import ItemNeighbours, ItemPair, NeighbourContext
+from .pipeline import EventRow
+
+KINDS = ("view", "buy")
+
+# (kind, item id) -> [[other item id, count], ...] best first
+Tops = dict[tuple[str, int], list[list[Any]]]
+
+
+def _kind_of_type() -> dict[str, str]:
+    kinds = dict.fromkeys(settings.FEATURES_VIEW_TYPES, "view")
+    kinds.update(dict.fromkeys(settings.FEATURES_BUY_TYPES, "buy"))
+    return kinds
+
+
+def _json(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _contexts_load(user_ids: Iterable[int]) -> dict[tuple[str, int], list[int]]:
+    rows = fetch_by_ids(NeighbourContext._meta.db_table, "user_id", ["kind", "recent"], user_ids)
+    return {(kind, user_id): _json(recent) for user_id, kind, recent in rows}
+
+
+def tops_load(item_ids: Iterable[int]) -> Tops:
+    rows = fetch_by_ids(ItemNeighbours._meta.db_table, "item_id", ["kind", "neighbours"], item_ids)
+    return {(kind, item_id): _json(top) for item_id, kind, top in rows}
+
+
+class NeighboursConsumer:
+    name = "neighbours"
+
+    def apply(self, rows: list[EventRow]) -> Tops:
+        kind_of = _kind_of_type()
+        window = settings.FEATURES_NEIGHBOURS_WINDOW
+        relevant = [row for row in rows if row[2] is not None and row[3] in kind_of]
+        if not relevant:
+            return {}
+        contexts = _contexts_load({row[1] for row in relevant})
+        touched_contexts: set[tuple[str, int]] = set()
+        pairs: dict[tuple[str, int, int], float] = defaultdict(float)
+        for _, user_id, item_id, event_type, _, _ in relevant:
+            kind = kind_of[event_type]
+            context_key = (kind, user_id)
+            recent = contexts.get(context_key)
+            if recent is None:
+                recent = contexts[context_key] = []
+            for other in recent:
+                if other != item_id:
+                    pairs[(kind, item_id, other)] += 1.0
+                    pairs[(kind, other, item_id)] += 1.0
+            if item_id in recent:
+                recent.remove(item_id)
+            recent.append(item_id)
+            if len(recent) > window:
+                del recent[0]
+            touched_contexts.add(context_key)
+        last_event_id = rows[-1][0]
+        upsert(
+            NeighbourContext._meta.db_table,
+            [("kind", "text"), ("user_id", "bigint"), ("recent", "jsonb")],
+            ["kind", "user_id"],
+            [
+                (kind, user_id, orjson.dumps(contexts[(kind, user_id)]).decode())
+                for kind, user_id in sorted(touched_contexts)
+            ],
+        )
+        counts = _pairs_add(pairs)
+        changed: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
+        for (kind, item_id, other), count in counts.items():
+            changed[(kind, item_id)][other] = count
+        old = tops_load({item_id for _, item_id in changed})
+        size = settings.FEATURES_NEIGHBOURS_K
+        tops: Tops = {}
+        for key, updates in changed.items():
+            merged = {other: count for other, count in old.get(key, [])}
+            merged.update(updates)
+            best = sorted(merged.items(), key=lambda pair: (-pair[1], pair[0]))[:size]
+            tops[key] = [[other, count] for other, count in best]
+        upsert(
+            ItemNeighbours._meta.db_table,
+            [
+                ("kind", "text"),
+                ("item_id", "bigint"),
+                ("neighbours", "jsonb"),
+                ("last_event_id", "bigint"),
+            ],
+            ["kind", "item_id"],
+            [
+                (kind, item_id, orjson.dumps(top).decode(), last_event_id)
+                for (kind, item_id), top in sorted(tops.items())
+            ],
+        )
+        return tops
+
+    def publish(self, store: redis.Redis, outcome: Tops) -> None:
+        _publish(store, outcome)
+
+    def republish(self, store: redis.Redis, after: int, upto: int) -> None:
+        rows = ItemNeighbours.objects.filter(last_event_id__gt=after).values_list(
+            "kind", "item_id", "neighbours"
+        )
+        tops: Tops = {}
+        for kind, item_id, top in rows.iterator(chunk_size=5000):
+            tops[(kind, item_id)] = top
+            if len(tops) >= 5000:
+                _publish(store, tops)
+                tops = {}
+        _publish(store, tops)
+
+    def rebuild_hot(self, store: redis.Redis) -> None:
+        hotstore.delete_matching(store, "feat:n:*")
+        self.republish(store, -1, 0)
+
+    def reset(self) -> None:
+        NeighbourContext.objects.all().delete()
+        ItemPair.objects.all().delete()
+        ItemNeighbours.objects.all().delete()
+
+
+def _pairs_add(pairs: dict[tuple[str, int, int], float]) -> dict[tuple[str, int, int], float]:
+    """Add `pairs` to ItemPair; the stored counts afterwards."""
+    table = ItemPair._meta.db_table
+    columns = [("kind", "text"), ("item_id", "bigint"), ("other_id", "bigint"), ("count", "float8")]
+    rows = [(kind, item, other, count) for (kind, item, other), count in sorted(pairs.items())]
+    if is_postgresql():
+        written = upsert(
+            table,
+            columns,
+            ["kind", "item_id", "other_id"],
+            rows,
+            add=["count"],
+            returning=["kind", "item_id", "other_id", "count"],
+        )
+        return {(kind, item, other): count for kind, item, other, count in written}
+    upsert(table, columns, ["kind", "item_id", "other_id"], rows, add=["count"])
+    stored = fetch_by_ids(table, "item_id", ["kind", "other_id", "count"], {r[1] for r in rows})
+    return {
+        (kind, item, other): count
+        for item, kind, other, count in stored
+        if (kind, item, other) in pairs
+    }
+
+
+def _publish(store: redis.Redis, tops: Tops) -> None:
+    if not tops:
+        return
+    ids = {item_id for _, item_id in tops}
+    for top in tops.values():
+        ids.update(other for other, _ in top)
+    ext = external_ids("catalog_item", ids)
+    commands: list[tuple] = []
+    for (kind, item_id), top in tops.items():
+        if item_id not in ext:
+            continue
+        value = [[ext[other], count] for other, count in top if other in ext]
+        commands.append(("set", hotstore.neighbours_key(kind, ext[item_id]), orjson.dumps(value)))
+    hotstore.run_pipeline(store, commands)

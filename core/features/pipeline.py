@@ -1,0 +1,321 @@
+"""Exactly-once consumption of the events table, batch after batch, past a durable watermark.
+
+One database transaction per batch: lock the consumer's watermark row, read the events with
+id > watermark in id order (at most FEATURES_BATCH_SIZE), apply them to the feature tables with a
+few set-at-a-time upserts, advance the watermark, commit. A worker killed anywhere in that leaves
+either the whole batch or none of it. Redis is written after the commit from the committed values,
+and its own marker (`feat:wm:<consumer>`) says how far that got; a run that finds the marker behind
+re-publishes the missing range, and one that finds it absent (Redis lost its data) rebuilds all.
+
+Ids are handed out before commit, so on PostgreSQL a lower id can become visible after a higher
+one. A hole in the ids therefore holds the watermark back until it fills, unless it is known to be
+permanent: nothing else was in progress when the batch looked (then every id below what it saw is
+final), or it has stayed open for FEATURES_GAP_TIMEOUT_SECONDS (a rolled-back or deleted event).
+SQLite runs one writer at a time, so there ids become visible in order.
+
+One run per consumer at a time (a PostgreSQL advisory lock, or a file lock on the embedded
+default), so Redis writes of consecutive batches never cross.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import time
+import traceback
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Protocol
+
+import redis
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from . import hotstore
+from .bulk import is_postgresql
+from .models import JobRun, Watermark
+
+logger = logging.getLogger(__name__)
+
+# (id, user id, item id or None, type, unix time of the event, unix time it was ingested)
+EventRow = tuple[int, int, int | None, str, float, float]
+
+# Beyond this many events behind, Redis is rebuilt from the tables instead of replayed.
+_REPUBLISH_LIMIT = 2_000_000
+_LOCK_WAIT_SECONDS = 15.0
+
+
+class Consumer(Protocol):
+    name: str
+
+    def apply(self, rows: list[EventRow]) -> Any:
+        """Inside the batch transaction: fold `rows` into the tables; return what `publish`
+        needs."""
+
+    def publish(self, store: redis.Redis, outcome: Any) -> None:
+        """After commit: write the committed values of what `apply` changed to Redis."""
+
+    def republish(self, store: redis.Redis, after: int, upto: int) -> None:
+        """Write to Redis, from the tables, everything events (after, upto] changed."""
+
+    def rebuild_hot(self, store: redis.Redis) -> None:
+        """Replace this consumer's Redis keys with what the tables hold."""
+
+    def reset(self) -> None:
+        """Inside a transaction holding the lock: empty this consumer's tables."""
+
+
+@dataclass
+class BatchResult:
+    rows: list[EventRow] = field(default_factory=list)
+    watermark_from: int = 0
+    watermark_to: int = 0
+    caught_up: bool = True
+    outcome: Any = None
+
+
+def _epoch(column: str) -> str:
+    if is_postgresql():
+        return f"EXTRACT(EPOCH FROM {column})::float8"
+    return f"((julianday({column}) - 2440587.5) * 86400.0)"
+
+
+def events_fetch(after: int, limit: int, upto: int | None = None) -> list[EventRow]:
+    """Events with id > `after` (and <= `upto`), in id order, at most `limit`."""
+    bound = " AND id <= %s" if upto is not None else ""
+    params: list[Any] = [after] + ([upto] if upto is not None else []) + [limit]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, user_id, item_id, type, {_epoch('timestamp')}, "  # noqa: S608
+            f"{_epoch('ingested_at')} FROM events_event WHERE id > %s{bound} "
+            "ORDER BY id LIMIT %s",
+            params,
+        )
+        return cursor.fetchall()
+
+
+def events_highest_id() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT MAX(id) FROM events_event")
+        return cursor.fetchone()[0] or 0
+
+
+def _quiet_bound(after: int) -> int:
+    """PostgreSQL: the highest event id visible now if no other transaction is in progress
+    (then no id at or below it can still appear), else 0. Must run before the events are read."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT ARRAY(SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x), "
+            "pg_current_xact_id_if_assigned()::text, "
+            "(SELECT MAX(id) FROM events_event WHERE id > %s)",
+            [after],
+        )
+        running, own, highest = cursor.fetchone()
+    others = [xid for xid in running if xid != own]
+    return 0 if others else (highest or 0)
+
+
+def _batch(consumer: Consumer, limit: int) -> BatchResult:
+    now = timezone.now()
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            # A write first: on PostgreSQL it locks the row, on SQLite it takes the write lock.
+            cursor.execute(
+                "UPDATE features_watermark SET updated_at = %s WHERE consumer = %s",
+                [now, consumer.name],
+            )
+        mark = Watermark.objects.get(pk=consumer.name)
+        postgresql = is_postgresql()
+        quiet_bound = _quiet_bound(mark.last_event_id) if postgresql else 0
+        fetched = events_fetch(mark.last_event_id, limit)
+        result = BatchResult(watermark_from=mark.last_event_id, caught_up=len(fetched) < limit)
+        expected = mark.last_event_id + 1
+        gap_changed = False
+        kept: list[EventRow] = []
+        for row in fetched:
+            if row[0] != expected and postgresql:
+                timed_out = (
+                    mark.gap_event_id == expected
+                    and mark.gap_seen_at is not None
+                    and (now - mark.gap_seen_at).total_seconds()
+                    >= settings.FEATURES_GAP_TIMEOUT_SECONDS
+                )
+                if not (row[0] <= quiet_bound or timed_out):
+                    if mark.gap_event_id != expected:
+                        mark.gap_event_id, mark.gap_seen_at = expected, now
+                        gap_changed = True
+                    result.caught_up = True
+                    break
+                logger.info("features %s: skipping ids %d..%d", consumer.name, expected, row[0] - 1)
+            kept.append(row)
+            expected = row[0] + 1
+        if kept:
+            result.outcome = consumer.apply(kept)
+            mark.last_event_id = kept[-1][0]
+            if mark.gap_event_id is not None and mark.gap_event_id <= mark.last_event_id:
+                mark.gap_event_id = mark.gap_seen_at = None
+            gap_changed = True
+        if gap_changed:
+            mark.save(update_fields=["last_event_id", "gap_event_id", "gap_seen_at"])
+        result.rows = kept
+        result.watermark_to = mark.last_event_id
+    return result
+
+
+@contextlib.contextmanager
+def consumer_lock(name: str, wait: float = _LOCK_WAIT_SECONDS) -> Iterator[bool]:
+    """Hold the consumer's run lock (yields False when it stayed taken for `wait` seconds).
+    Released by the operating system or PostgreSQL if the process dies."""
+    deadline = time.monotonic() + wait
+    if is_postgresql():
+        key = zlib.crc32(f"features:{name}".encode())
+        got = False
+        while True:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+                got = cursor.fetchone()[0]
+            if got or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        try:
+            yield got
+        finally:
+            if got:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+        return
+    path = settings.VAR_DIR / f"features-{name}.lock"
+    with open(path, "a+") as handle:
+        got = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                got = True
+            except BlockingIOError:
+                pass
+            if got or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        try:
+            yield got
+        finally:
+            if got:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _hot_catch_up(consumer: Consumer, store: redis.Redis, watermark: int) -> None:
+    """Make Redis agree with the tables up to `watermark` (held under the consumer lock)."""
+    raw = store.get(hotstore.marker_key(consumer.name))
+    marker = int(raw) if raw is not None else None
+    if marker == watermark:
+        return
+    if marker is None or marker > watermark or watermark - marker > _REPUBLISH_LIMIT:
+        logger.warning(
+            "features %s: rebuilding Redis (marker %s, db %d)", consumer.name, marker, watermark
+        )
+        consumer.rebuild_hot(store)
+    else:
+        consumer.republish(store, marker, watermark)
+    store.set(hotstore.marker_key(consumer.name), watermark)
+
+
+def consumer_run(
+    consumer: Consumer,
+    *,
+    trigger: str,
+    budget: float | None = None,
+    reset: bool = False,
+    batch_size: int | None = None,
+) -> JobRun:
+    """Process events past the watermark until caught up or `budget` seconds have passed; one
+    recorded JobRun. `reset` first empties the consumer's tables and its watermark (a full
+    recompute from the events table)."""
+    budget = settings.FEATURES_RUN_BUDGET_SECONDS if budget is None else budget
+    limit = batch_size or settings.FEATURES_BATCH_SIZE
+    Watermark.objects.get_or_create(consumer=consumer.name)
+    run = JobRun.objects.create(consumer=consumer.name, trigger=trigger, started_at=timezone.now())
+    started = time.monotonic()
+    try:
+        with consumer_lock(consumer.name) as locked:
+            if not locked:
+                run.status = JobRun.Status.SKIPPED
+                return run
+            # We hold the lock, so any other run still marked running died without a word.
+            JobRun.objects.filter(
+                consumer=consumer.name, status=JobRun.Status.RUNNING, id__lt=run.id
+            ).update(status=JobRun.Status.ABANDONED, finished_at=timezone.now())
+            if reset:
+                _reset(consumer)
+            store = hotstore.client("job")
+            watermark = Watermark.objects.get(pk=consumer.name).last_event_id
+            run.watermark_from = run.watermark_to = watermark
+            if store is not None:
+                try:
+                    _hot_catch_up(consumer, store, watermark)
+                except redis.RedisError as exc:
+                    hotstore.mark_down(exc)
+                    store = None
+            while True:
+                result = _batch(consumer, limit)
+                run.watermark_to = result.watermark_to
+                if result.rows:
+                    committed = time.time()
+                    run.batches += 1
+                    run.events_processed += len(result.rows)
+                    age = committed - min(row[5] for row in result.rows)
+                    run.max_event_age_seconds = max(run.max_event_age_seconds or 0.0, age)
+                    if store is not None:
+                        store = _publish(consumer, store, result)
+                if result.caught_up or time.monotonic() - started >= budget:
+                    break
+            run.backlog_events = max(0, events_highest_id() - run.watermark_to)
+            run.status = JobRun.Status.SUCCEEDED
+            run.finished_at = timezone.now()
+            run.save()  # before the lock goes, so the next holder never sees it running
+        return run
+    except Exception:
+        run.status = JobRun.Status.FAILED
+        run.error = traceback.format_exc()[-4000:]
+        raise
+    finally:
+        if run.finished_at is None:
+            run.finished_at = timezone.now()
+            with contextlib.suppress(Exception):
+                run.save()
+
+
+def _publish(consumer: Consumer, store: redis.Redis, result: BatchResult) -> redis.Redis | None:
+    """Redis after commit; on failure stop writing Redis for this run (the marker stays behind
+    and the next run re-publishes from the tables)."""
+    try:
+        consumer.publish(store, result.outcome)
+        store.set(hotstore.marker_key(consumer.name), result.watermark_to)
+        return store
+    except redis.RedisError as exc:
+        hotstore.mark_down(exc)
+        return None
+
+
+def _reset(consumer: Consumer) -> None:
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE features_watermark SET last_event_id = 0, gap_event_id = NULL, "
+                "gap_seen_at = NULL, updated_at = %s WHERE consumer = %s",
+                [timezone.now(), consumer.name],
+            )
+        consumer.reset()
+    store = hotstore.client("job")
+    if store is not None:
+        with contextlib.suppress(redis.RedisError):
+            store.delete(hotstore.marker_key(consumer.name))
+
+
+def runs_prune(*, now: Any = None) -> int:
+    cutoff = (now or timezone.now()) - timedelta(days=settings.FEATURES_RUN_RETENTION_DAYS)
+    deleted, _ = JobRun.objects.filter(started_at__lt=cutoff).delete()
+    return deleted

@@ -1,0 +1,220 @@
+"""Feature pipeline writes: run the consumers, sync catalog availability to the hot store, rebuild,
+and erase a forgotten shopper. Tasks and commands call these; nothing here talks to the broker
+except `features_refresh_trigger` (after commit, never raising)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Collection
+from datetime import timedelta
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connection, transaction
+from django.utils import timezone
+
+from core.catalog.models import Item, User
+
+from . import hotstore
+from .activity import ActivityConsumer
+from .models import JobRun, NeighbourContext, UserFeatures, Watermark
+from .neighbours import NeighboursConsumer
+from .pipeline import Consumer, consumer_run, runs_prune
+
+logger = logging.getLogger(__name__)
+
+CONSUMERS: dict[str, Consumer] = {
+    "activity": ActivityConsumer(),
+    "neighbours": NeighboursConsumer(),
+}
+# Set while a refresh is queued and not yet started: later commits need not enqueue another.
+REFRESH_PENDING_KEY = "features:refresh-pending"
+_PENDING_SECONDS = 10
+# Items updated this long before the last catalog sync are read again (commit order is not
+# updated_at order).
+_CATALOG_OVERLAP = timedelta(seconds=60)
+
+
+def features_refresh(*, trigger: str, budget: float | None = None) -> JobRun:
+    """Bring user and item features up to date with the events table."""
+    return consumer_run(CONSUMERS["activity"], trigger=trigger, budget=budget)
+
+
+def features_neighbours_refresh(*, trigger: str, budget: float | None = None) -> JobRun:
+    """Bring item co-occurrence neighbours up to date with the events table."""
+    return consumer_run(CONSUMERS["neighbours"], trigger=trigger, budget=budget)
+
+
+def features_refresh_trigger() -> None:
+    """After an ingest commits: enqueue one refresh unless one is already waiting. Never raises
+    (the events are stored; the sweep catches up whatever a lost trigger missed)."""
+    if not settings.FEATURES_TRIGGER_ON_COMMIT:
+        return
+    try:
+        if not cache.add(REFRESH_PENDING_KEY, 1, timeout=_PENDING_SECONDS):
+            return
+        from .tasks import features_refresh_task
+
+        features_refresh_task.apply_async(kwargs={"trigger": "on_commit"}, retry=False)
+    except Exception:  # broker or cache down: the sweep catches up
+        logger.warning("features: could not enqueue a refresh", exc_info=True)
+
+
+def features_sweep() -> dict[str, Any]:
+    """The periodic safety net: catalog availability to the hot store, a refresh (whatever the
+    on-commit triggers missed, e.g. while the broker was down), old job runs pruned."""
+    catalog = features_catalog_sync()
+    run = features_refresh(trigger="sweep")
+    pruned = runs_prune()
+    return {"catalog": catalog, "events": run.events_processed, "pruned_runs": pruned}
+
+
+def features_catalog_sync(*, full: bool = False) -> dict[str, int]:
+    """Make the hot set of unavailable items agree with the catalog: everything on the first run
+    (or `full`), else the items updated since the last sync. Idempotent (SADD/SREM of what the
+    database says)."""
+    store = hotstore.client("job")
+    if store is None:
+        return {"added": 0, "removed": 0}
+    mark, _ = Watermark.objects.get_or_create(consumer="catalog")
+    started = timezone.now()
+    try:
+        marker = store.get(hotstore.marker_key("catalog"))
+        if full or marker is None or mark.synced_at is None:
+            unavailable = list(
+                Item.objects.filter(_unavailable_q()).values_list("external_id", flat=True)
+            )
+            staging = f"{hotstore.UNAVAILABLE}:rebuild"
+            pipe = store.pipeline(transaction=True)
+            pipe.delete(staging)
+            for start in range(0, len(unavailable), 10_000):
+                pipe.sadd(staging, *unavailable[start : start + 10_000])
+            if unavailable:
+                pipe.rename(staging, hotstore.UNAVAILABLE)
+            else:
+                pipe.delete(hotstore.UNAVAILABLE)
+            pipe.set(hotstore.marker_key("catalog"), started.isoformat())
+            pipe.execute()
+            result = {"added": len(unavailable), "removed": 0}
+        else:
+            changed = Item.objects.filter(updated_at__gte=mark.synced_at - _CATALOG_OVERLAP)
+            gone = [ext for ext, out in _availability(changed) if out]
+            back = [ext for ext, out in _availability(changed) if not out]
+            pipe = store.pipeline(transaction=False)
+            if gone:
+                pipe.sadd(hotstore.UNAVAILABLE, *gone)
+            if back:
+                pipe.srem(hotstore.UNAVAILABLE, *back)
+            pipe.execute()
+            result = {"added": len(gone), "removed": len(back)}
+    except redis.RedisError as exc:
+        hotstore.mark_down(exc)
+        return {"added": 0, "removed": 0}
+    Watermark.objects.filter(pk="catalog").update(synced_at=started)
+    return result
+
+
+def _unavailable_q() -> Any:
+    from django.db.models import Q
+
+    return Q(deleted_at__isnull=False) | Q(available=False)
+
+
+def _availability(items: Any) -> list[tuple[str, bool]]:
+    return [
+        (ext, deleted_at is not None or not available)
+        for ext, deleted_at, available in items.values_list(
+            "external_id", "deleted_at", "available"
+        )
+    ]
+
+
+def features_items_removed(*, item_ids: Collection[int]) -> None:
+    """After a committed catalog change took items out: add them to the hot unavailable set at
+    once (re-checked against the database: the hook runs after commit, a later change may have
+    brought one back). Never raises."""
+    try:
+        store = hotstore.client("serve")
+        if store is None or not item_ids:
+            return
+        out = [
+            ext
+            for ext, is_out in _availability(Item.objects.filter(id__in=list(item_ids)))
+            if is_out
+        ]
+        if out:
+            store.sadd(hotstore.UNAVAILABLE, *out)
+    except redis.RedisError as exc:
+        hotstore.mark_down(exc)
+    except Exception:
+        logger.warning("features: could not mark items unavailable", exc_info=True)
+
+
+def features_user_erase(user_pk: int) -> int:
+    """Right to be forgotten: a shopper's feature rows (and, after commit, their hot copy). Runs
+    inside `user_forget`'s transaction; waits for a running batch so it cannot write them back.
+    Their contribution to anonymous item counts and pairs stays."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE features_watermark SET updated_at = %s WHERE consumer IN (%s, %s)",
+            [timezone.now(), "activity", "neighbours"],
+        )
+    external_id = User.objects.filter(pk=user_pk).values_list("external_id", flat=True).first()
+    deleted, _ = UserFeatures.objects.filter(user_id=user_pk).delete()
+    contexts, _ = NeighbourContext.objects.filter(user_id=user_pk).delete()
+    if external_id is not None:
+        transaction.on_commit(lambda: _hot_user_forget(external_id))
+    return deleted + contexts
+
+
+def _hot_user_forget(external_id: str) -> None:
+    store = hotstore.client("job")
+    if store is None:
+        return
+    try:
+        store.delete(hotstore.user_key(external_id))
+    except redis.RedisError as exc:
+        hotstore.mark_down(exc)
+
+
+def features_rebuild(*, recompute: bool = False, trigger: str = "rebuild") -> dict[str, Any]:
+    """Rebuild Redis from PostgreSQL (`manage.py rebuild_features`). With `recompute`, first
+    recompute every feature table from the events table (from watermark 0)."""
+    report: dict[str, Any] = {}
+    store = hotstore.client("job")
+    for name, consumer in CONSUMERS.items():
+        if store is not None and not recompute:
+            with contextlib.suppress(redis.RedisError):
+                store.delete(hotstore.marker_key(name))  # the run below rebuilds from the tables
+        run = consumer_run(consumer, trigger=trigger, budget=float("inf"), reset=recompute)
+        report[name] = {"status": run.status, "events": run.events_processed}
+    report["catalog"] = features_catalog_sync(full=True)
+    return report
+
+
+def features_status() -> list[dict[str, Any]]:
+    """Per consumer: watermark, highest event id, whether Redis agrees."""
+    from .pipeline import events_highest_id
+
+    highest = events_highest_id()
+    store = hotstore.client("serve")
+    status = []
+    for name in CONSUMERS:
+        mark = Watermark.objects.filter(pk=name).first()
+        marker = None
+        if store is not None:
+            with contextlib.suppress(redis.RedisError):
+                raw = store.get(hotstore.marker_key(name))
+                marker = int(raw) if raw is not None else None
+        status.append(
+            {
+                "consumer": name,
+                "watermark": mark.last_event_id if mark else 0,
+                "highest_event_id": highest,
+                "redis_marker": marker,
+            }
+        )
+    return status

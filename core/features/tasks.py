@@ -1,0 +1,64 @@
+"""Celery entry points of the feature pipeline. Thin: each calls one service. All are safe to run
+twice (the watermark makes a redelivered batch a no-op), hence `acks_late`."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.core.cache import cache
+
+from . import services
+
+
+@shared_task(
+    name="features.refresh",
+    acks_late=True,
+    ignore_result=True,
+    time_limit=300,
+    soft_time_limit=240,
+)
+def features_refresh_task(trigger: str = "task") -> dict:
+    """Process events past the activity watermark. Enqueued after ingest commits (debounced) and
+    re-enqueued by itself while a backlog remains."""
+    # Cleared before reading events: a commit after this point enqueues another refresh.
+    cache.delete(services.REFRESH_PENDING_KEY)
+    run = services.features_refresh(trigger=trigger)
+    if run.events_processed and run.backlog_events:
+        features_refresh_task.apply_async(kwargs={"trigger": "backlog"})
+    return {"run": run.pk, "status": run.status, "events": run.events_processed}
+
+
+@shared_task(
+    name="features.neighbours",
+    acks_late=True,
+    ignore_result=True,
+    time_limit=600,
+    soft_time_limit=540,
+)
+def features_neighbours_task(trigger: str = "beat") -> dict:
+    """Bring co-occurrence neighbours up to date (beat)."""
+    run = services.features_neighbours_refresh(trigger=trigger)
+    return {"run": run.pk, "status": run.status, "events": run.events_processed}
+
+
+@shared_task(
+    name="features.sweep",
+    acks_late=True,
+    ignore_result=True,
+    time_limit=300,
+    soft_time_limit=240,
+)
+def features_sweep_task() -> dict:
+    """Catalog availability to the hot store, catch-up of missed triggers, job-run pruning."""
+    return services.features_sweep()
+
+
+@shared_task(
+    name="features.rebuild",
+    acks_late=True,
+    ignore_result=True,
+    time_limit=3600,
+    soft_time_limit=3500,
+)
+def features_rebuild_task() -> dict:
+    """Rebuild Redis from the tables (serving enqueues this when it finds Redis empty)."""
+    return services.features_rebuild(trigger="auto-rebuild")

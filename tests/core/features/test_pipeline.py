@@ -1,0 +1,262 @@
+"""The batch job: exactly-once counts, history, trends, neighbours, Redis as derived state."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+
+from core.features import hotstore, selectors
+from core.features.models import ItemFeatures, JobRun, UserFeatures, Watermark
+from core.features.services import features_neighbours_refresh, features_refresh
+
+from .conftest import T0
+
+pytestmark = pytest.mark.django_db
+
+
+def test_batch_counts_each_event_once_and_publishes_to_redis(ingest, store, settings):
+    # given
+    settings.EVENT_TYPE_WEIGHTS = {"view": 1.0, "click": 2.0, "purchase": 8.0}
+    ingest(
+        [("u1", "a", "view"), ("u1", "a", "click"), ("u1", "b", "purchase"), ("u2", "a", "view")]
+    )
+
+    # when
+    run = features_refresh(trigger="test")
+
+    # then
+    assert run.status == "succeeded" and run.events_processed == 4
+    features = selectors.user_features(user_id="u1")
+    assert features.counts == {"view": 1, "click": 1, "purchase": 1}
+    assert features.weight_sum == 11.0
+    assert [(e.item_id, e.type, e.weight) for e in features.history] == [
+        ("a", "view", 1.0),
+        ("a", "click", 2.0),
+        ("b", "purchase", 8.0),
+    ]
+    item = selectors.item_features(item_id="a")
+    assert item.counts == {"view": 2, "click": 1}
+    assert item.popularity == 4.0
+    assert item.conversion_rate == 0.0
+    assert [s.item_id for s in selectors.item_popular(window="all")] == ["b", "a"]
+    assert store.exists(hotstore.user_key("u1"))
+
+
+def test_running_again_changes_nothing(ingest, store):
+    # given
+    ingest([("u1", "a", "view"), ("u1", "b", "view")])
+    features_refresh(trigger="test")
+    before = (
+        list(UserFeatures.objects.values()),
+        list(ItemFeatures.objects.values()),
+        store.get(hotstore.user_key("u1")),
+    )
+
+    # when: a redelivered task
+    run = features_refresh(trigger="redelivered")
+
+    # then
+    assert run.events_processed == 0
+    after = (
+        list(UserFeatures.objects.values()),
+        list(ItemFeatures.objects.values()),
+        store.get(hotstore.user_key("u1")),
+    )
+    assert after == before
+
+
+def test_batches_add_up_to_one_big_batch(ingest, store, settings):
+    # given: 60 events folded 7 at a time
+    specs = [
+        (f"u{n % 4}", f"i{n % 6}", ("view", "click", "purchase")[n % 3], n * 600) for n in range(60)
+    ]
+    ingest(specs)
+    settings.FEATURES_BATCH_SIZE = 7
+
+    # when
+    small = features_refresh(trigger="test", budget=1000)
+    small_rows = {r["item_id"]: r for r in ItemFeatures.objects.values()}
+    settings.FEATURES_BATCH_SIZE = 1000
+    from core.features.services import features_rebuild
+
+    features_rebuild(recompute=True)
+
+    # then
+    assert small.batches == 9
+    big_rows = {r["item_id"]: r for r in ItemFeatures.objects.values()}
+    assert small_rows.keys() == big_rows.keys()
+    for pk, row in big_rows.items():
+        assert row["counts"] == small_rows[pk]["counts"]
+        for column in ("popularity", "trend_1h", "trend_24h", "trend_7d", "trend_ref"):
+            assert row[column] == pytest.approx(small_rows[pk][column], rel=1e-9)
+
+
+def test_trend_is_the_decayed_weighted_count(ingest, store, settings):
+    # given: a view at T0 and a purchase 1 hour later
+    settings.EVENT_TYPE_WEIGHTS = {"view": 1.0, "purchase": 8.0}
+    ingest([("u1", "a", "view", 0), ("u2", "a", "purchase", 3600)])
+
+    # when
+    features_refresh(trigger="test")
+
+    # then: valued at the latest event, the 1 h half-life halves the view
+    row = ItemFeatures.objects.get()
+    assert row.trend_ref == pytest.approx(T0.timestamp() + 3600)
+    assert row.trend_1h == pytest.approx(8.0 + 0.5)
+    assert row.trend_24h == pytest.approx(8.0 + 2 ** (-1 / 24))
+    assert row.popularity == 9.0
+
+
+def test_trending_order_follows_recent_activity(ingest, store):
+    # given: "old" had many views a week ago, "new" a few just now
+    ingest(
+        [(f"u{n}", "old", "view", 0) for n in range(10)]
+        + [(f"u{n}", "new", "view", 7 * 86400) for n in range(3)]
+    )
+
+    # when
+    features_refresh(trigger="test")
+
+    # then
+    assert [s.item_id for s in selectors.item_popular(window="all")] == ["old", "new"]
+    assert [s.item_id for s in selectors.item_popular(window="1h")] == ["new", "old"]
+    assert [s.item_id for s in selectors.item_popular(window="7d")] == ["old", "new"]
+    assert [s.item_id for s in selectors.item_popular(window="24h")] == ["new", "old"]
+
+
+def test_history_keeps_the_last_n_most_recent_last(ingest, store, settings):
+    # given
+    settings.FEATURES_HISTORY_LENGTH = 3
+    ingest([("u1", f"i{n}", "view", 100 - n) for n in range(5)])  # arrive newest first
+
+    # when
+    features_refresh(trigger="test")
+
+    # then
+    assert [e.item_id for e in selectors.user_history(user_id="u1")] == ["i2", "i1", "i0"]
+    assert [e.item_id for e in selectors.user_history(user_id="u1", limit=2)] == ["i1", "i0"]
+
+
+def test_popular_per_category_covers_the_subtree(ingest, store):
+    # given
+    from core.catalog.models import Item
+
+    ingest([("u1", "shoe", "view"), ("u2", "shoe", "view"), ("u1", "shirt", "view")])
+    Item.objects.filter(external_id="shoe").update(category="wear/shoes")
+    Item.objects.filter(external_id="shirt").update(category="wear/tops")
+
+    # when
+    features_refresh(trigger="test")
+
+    # then
+    assert [s.item_id for s in selectors.item_popular(category="wear")] == ["shoe", "shirt"]
+    assert [s.item_id for s in selectors.item_popular(category="wear/tops")] == ["shirt"]
+
+
+def test_neighbours_count_items_seen_together(ingest, store):
+    # given: two shoppers view a then b; one also views c; one buys a and b
+    ingest(
+        [
+            ("u1", "a", "view"),
+            ("u1", "b", "view"),
+            ("u2", "a", "view"),
+            ("u2", "b", "view"),
+            ("u2", "c", "view"),
+            ("u2", "a", "purchase"),
+            ("u2", "b", "purchase"),
+        ]
+    )
+
+    # when
+    run = features_neighbours_refresh(trigger="test")
+
+    # then
+    assert run.events_processed == 7
+    view = selectors.item_neighbours(item_id="a", kind="view")
+    assert [(s.item_id, s.score) for s in view] == [("b", 2.0), ("c", 1.0)]
+    buy = selectors.item_neighbours(item_id="b", kind="buy")
+    assert [(s.item_id, s.score) for s in buy] == [("a", 1.0)]
+
+
+def test_neighbours_of_a_redelivered_batch_are_not_doubled(ingest, store):
+    # given
+    ingest([("u1", "a", "view"), ("u1", "b", "view")])
+    features_neighbours_refresh(trigger="test")
+
+    # when
+    features_neighbours_refresh(trigger="again")
+    ingest([("u1", "c", "view")], prefix="later")
+    features_neighbours_refresh(trigger="test")
+
+    # then
+    assert [(s.item_id, s.score) for s in selectors.item_neighbours(item_id="a")] == [
+        ("b", 1.0),
+        ("c", 1.0),
+    ]
+
+
+def test_redis_emptied_is_served_from_the_database_then_rebuilt(ingest, store):
+    # given
+    ingest([("u1", "a", "view"), ("u1", "b", "view"), ("u1", "b", "purchase")])
+    features_refresh(trigger="test")
+    features_neighbours_refresh(trigger="test")
+    expected = selectors.user_features(user_id="u1")
+
+    # when: Redis loses everything
+    store.flushdb()
+
+    # then: serving still answers from PostgreSQL
+    assert selectors.user_features(user_id="u1") == expected
+    assert [s.item_id for s in selectors.item_popular()] == ["b", "a"]
+    assert [s.item_id for s in selectors.item_neighbours(item_id="a")] == ["b"]
+
+    # and the next job run rebuilds Redis without an operator
+    features_refresh(trigger="sweep")
+    features_neighbours_refresh(trigger="sweep")
+    assert store.get(hotstore.marker_key("activity")) is not None
+    assert store.zrevrange(hotstore.zset_key("all"), 0, -1) == [b"b", b"a"]
+    assert orjson.loads(store.get(hotstore.neighbours_key("view", "a"))) == [["b", 1.0]]
+
+
+def test_redis_behind_the_tables_is_republished(ingest, store):
+    # given: a batch committed but its Redis writes never happened (worker died in between)
+    ingest([("u1", "a", "view")])
+    features_refresh(trigger="test")
+    ingest([("u1", "b", "view")], prefix="second")
+    first = Watermark.objects.get(pk="activity").last_event_id
+    features_refresh(trigger="test")
+    store.set(hotstore.marker_key("activity"), first)
+    store.delete(hotstore.item_key("b"))
+    store.zrem(hotstore.zset_key("all"), "b")
+
+    # when
+    features_refresh(trigger="sweep")
+
+    # then
+    assert store.exists(hotstore.item_key("b"))
+    assert [e.item_id for e in selectors.user_history(user_id="u1")] == ["a", "b"]
+    assert {s.item_id for s in selectors.item_popular()} == {"a", "b"}
+
+
+def test_every_run_is_recorded(ingest, store):
+    # given
+    ingest([("u1", "a", "view")])
+
+    # when
+    features_refresh(trigger="test")
+    features_refresh(trigger="test")
+
+    # then
+    runs = list(JobRun.objects.order_by("id"))
+    assert [(r.status, r.events_processed) for r in runs] == [("succeeded", 1), ("succeeded", 0)]
+    assert runs[0].finished_at >= runs[0].started_at
+    assert runs[0].max_event_age_seconds is not None and runs[0].backlog_events == 0
+
+
+def test_unknown_user_has_no_history(store):
+    assert selectors.user_history(user_id="nobody") == []
+    assert selectors.user_features(user_id="nobody") is None
+    assert selectors.item_features(item_id="nothing") is None
+    assert math.isfinite(hotstore.log_trend(0.0, 0.0, "1h"))
