@@ -26,4 +26,6 @@ def user_erasers() -> dict[str, UserEraser]:
 def items_removed(*, item_ids: Collection[int]) -> None:
     """Items were deleted from the catalog (or became unavailable). Hook for the recommendations
     app to drop them from caches at once; selectors already exclude them on every read."""
-    return None
+    from core.features.services import features_items_removed
+
+    features_items_removed(item_ids=item_ids)

@@ -13,4 +13,6 @@ def events_ingested(*, accepted: int, user_ids: Collection[int]) -> None:
     of those with new events). The feature pipeline will hook here (e.g. enqueue a per-user
     refresh after commit); until then it does nothing. Keep it cheap: it runs on the request
     path, and must not raise (the events are already stored)."""
-    return None
+    from core.features.services import features_refresh_trigger
+
+    features_refresh_trigger()
