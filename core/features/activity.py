@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db import connection
 
 from . import hotstore
-from .bulk import fetch_by_ids, is_postgresql, upsert
+from .bulk import epoch_sql, fetch_by_ids, is_postgresql, upsert
 from .models import ItemFeatures, UserFeatures
 from .pipeline import EventRow, events_fetch
 
@@ -272,11 +272,7 @@ def histories_from_events(user_ids: list[int], length: int) -> dict[int, list[li
     the sequence): user id -> [[event id, item external id, type, unix time], ...] oldest first."""
     if not user_ids:
         return {}
-    epoch = (
-        "EXTRACT(EPOCH FROM e.timestamp)::float8"
-        if is_postgresql()
-        else "((julianday(e.timestamp) - 2440587.5) * 86400.0)"
-    )
+    epoch = epoch_sql("e.timestamp")
     histories: dict[int, list[list[Any]]] = {pk: [] for pk in user_ids}
     with connection.cursor() as cursor:
         for start in range(0, len(user_ids), 500):

@@ -20,6 +20,17 @@ def is_postgresql() -> bool:
     return connection.vendor == "postgresql"
 
 
+def epoch_sql(column: str) -> str:
+    """SQL for the Unix time (float seconds) of a datetime column."""
+    if is_postgresql():
+        return f"EXTRACT(EPOCH FROM {column})::float8"
+    # SQLite stores UTC text; whole seconds from %s, the fraction from %f (milliseconds).
+    return (
+        f"(CAST(strftime('%%s', {column}) AS REAL) + CAST(strftime('%%f', {column}) AS REAL)"
+        f" - CAST(strftime('%%S', {column}) AS REAL))"
+    )
+
+
 def fetch_by_ids(
     table: str, key: str, columns: Sequence[str], ids: Iterable[int], *, where: str = ""
 ) -> list[tuple]:

@@ -36,7 +36,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from . import hotstore
-from .bulk import is_postgresql
+from .bulk import epoch_sql, is_postgresql
 from .models import JobRun, Watermark
 
 logger = logging.getLogger(__name__)
@@ -78,20 +78,14 @@ class BatchResult:
     outcome: Any = None
 
 
-def _epoch(column: str) -> str:
-    if is_postgresql():
-        return f"EXTRACT(EPOCH FROM {column})::float8"
-    return f"((julianday({column}) - 2440587.5) * 86400.0)"
-
-
 def events_fetch(after: int, limit: int, upto: int | None = None) -> list[EventRow]:
     """Events with id > `after` (and <= `upto`), in id order, at most `limit`."""
     bound = " AND id <= %s" if upto is not None else ""
     params: list[Any] = [after] + ([upto] if upto is not None else []) + [limit]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT id, user_id, item_id, type, {_epoch('timestamp')}, "  # noqa: S608
-            f"{_epoch('ingested_at')} FROM events_event WHERE id > %s{bound} "
+            f"SELECT id, user_id, item_id, type, {epoch_sql('timestamp')}, "  # noqa: S608
+            f"{epoch_sql('ingested_at')} FROM events_event WHERE id > %s{bound} "
             "ORDER BY id LIMIT %s",
             params,
         )
@@ -105,18 +99,24 @@ def events_highest_id() -> int:
 
 
 def _quiet_bound(after: int) -> int:
-    """PostgreSQL: the highest event id visible now if no other transaction is in progress
-    (then no id at or below it can still appear), else 0. Must run before the events are read."""
+    """PostgreSQL: the highest event id visible now if no other transaction of this database
+    holds a transaction id (then no id at or below it can still appear), else 0. Must run before
+    the events are read. Other feature runs (they hold a features advisory lock) never write
+    events and do not count. Ingestion takes its transaction id before its event ids (its
+    statement claims idempotency keys first), so an ingest in flight is always seen here.
+    pg_locks and pg_stat_activity.datname are readable by any role."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT ARRAY(SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x), "
-            "pg_current_xact_id_if_assigned()::text, "
+            "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted "
+            "AND a.datname = current_database() AND l.pid <> pg_backend_pid() "
+            "AND l.pid NOT IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' "
+            "AND classid = 0 AND objid = ANY(%s) AND granted)), "
             "(SELECT MAX(id) FROM events_event WHERE id > %s)",
-            [after],
+            [list(_ADVISORY_KEYS.values()), after],
         )
-        running, own, highest = cursor.fetchone()
-    others = [xid for xid in running if xid != own]
-    return 0 if others else (highest or 0)
+        busy, highest = cursor.fetchone()
+    return 0 if busy else (highest or 0)
 
 
 def _batch(consumer: Consumer, limit: int) -> BatchResult:
@@ -166,13 +166,29 @@ def _batch(consumer: Consumer, limit: int) -> BatchResult:
     return result
 
 
+_ADVISORY_KEYS: dict[str, int] = {}
+
+
+def _advisory_key(name: str) -> int:
+    # One 32-bit key (classid 0, objid = key) per consumer; "activity" and "neighbours" are
+    # registered up front so `_quiet_bound` knows them all.
+    key = _ADVISORY_KEYS.get(name)
+    if key is None:
+        key = _ADVISORY_KEYS[name] = zlib.crc32(f"features:{name}".encode()) & 0x7FFFFFFF
+    return key
+
+
+for _name in ("activity", "neighbours"):
+    _advisory_key(_name)
+
+
 @contextlib.contextmanager
 def consumer_lock(name: str, wait: float = _LOCK_WAIT_SECONDS) -> Iterator[bool]:
     """Hold the consumer's run lock (yields False when it stayed taken for `wait` seconds).
     Released by the operating system or PostgreSQL if the process dies."""
     deadline = time.monotonic() + wait
     if is_postgresql():
-        key = zlib.crc32(f"features:{name}".encode())
+        key = _advisory_key(name)
         got = False
         while True:
             with connection.cursor() as cursor:

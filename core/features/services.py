@@ -190,7 +190,7 @@ def features_rebuild(*, recompute: bool = False, trigger: str = "rebuild") -> di
             with contextlib.suppress(redis.RedisError):
                 store.delete(hotstore.marker_key(name))  # the run below rebuilds from the tables
         run = consumer_run(consumer, trigger=trigger, budget=float("inf"), reset=recompute)
-        report[name] = {"status": run.status, "events": run.events_processed}
+        report[name] = {"status": str(run.status), "events": run.events_processed}
     report["catalog"] = features_catalog_sync(full=True)
     return report
 
