@@ -1,0 +1,315 @@
+"""Export a trained model as a self-contained TF Serving SavedModel version.
+
+Layout: ``<repository>/<name>/<version>/`` with ``saved_model.pb``, ``variables/`` and
+``assets.extra/{tf_serving_warmup_requests,model_card.json}``. The version is assembled in a hidden
+sibling folder (``.tmp-...``, which TF Serving ignores because the name is not an integer) and
+renamed into place, so a polling server never sees half a model. The next version number is the
+largest existing integer child + 1.
+
+Signatures (see ``ml.contract``), core TF ops only (lookup table, gather, matmul, top_k):
+
+``recommend`` = ``serving_default``
+    ``history`` string [batch, length] item ids, padded with ""; ``history_weights`` float
+    [batch, length] event weight per entry (0 for padding); the column order is time order, last
+    column = most recent (padding may sit on either side: ages count only real entries);
+    ``k`` int32 scalar. Returns ``item_ids`` string [batch, k] and ``scores`` float [batch, k].
+    Unknown ids are ignored, history items are never returned, an empty (or all-unknown) history
+    gets items ranked by popularity. ``k`` is clipped to the catalog size; when fewer than ``k``
+    items are eligible the tail holds "" with score -inf.
+``similar``
+    ``item_ids`` string [batch], ``k`` int32 scalar -> ``item_ids`` string [batch, k], ``scores``
+    float [batch, k]: the items the model expects next after that single item, the item itself
+    excluded. An unknown id gets a row of "" with score -inf.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ml.contract import DEFAULT_SIGNATURE, MODEL_CARD_FILE, RECOMMEND, SIMILAR, WARMUP_FILE
+from ml.model import TrainedModel
+
+# Imported lazily: the web side may import ml.export's constants without paying for TensorFlow.
+_tf: Any = None
+
+
+def _tensorflow() -> Any:
+    global _tf
+    if _tf is None:
+        import tensorflow as tf
+
+        _tf = tf
+    return _tf
+
+
+def existing_versions(model_dir: str | Path) -> list[int]:
+    """Integer-named children of ``<repository>/<name>`` (TF Serving's notion of a version)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    versions = []
+    for child in model_dir.iterdir():
+        if child.is_dir() and child.name.isdigit():
+            versions.append(int(child.name))
+    return sorted(versions)
+
+
+def next_version(model_dir: str | Path) -> int:
+    versions = existing_versions(model_dir)
+    return (versions[-1] + 1) if versions else 1
+
+
+def export_model(
+    model: TrainedModel,
+    *,
+    repository: str | Path,
+    name: str,
+    model_card: Mapping[str, object] | None = None,
+    version: int | None = None,
+) -> Path:
+    """Write ``model`` as the next version of ``<repository>/<name>``; return the version folder.
+
+    The folder appears atomically (rename). If another exporter takes the same number first, the
+    next free number is used (unless ``version`` was given explicitly: then ``FileExistsError``).
+    """
+    tf = _tensorflow()
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"bad model name {name!r}")
+    model_dir = Path(repository) / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = model_dir / f".tmp-{uuid.uuid4().hex}"
+    try:
+        module = ServingModule(model)
+        signatures = {
+            RECOMMEND: module.recommend,
+            DEFAULT_SIGNATURE: module.recommend,
+            SIMILAR: module.similar,
+        }
+        tf.saved_model.save(module, str(staging), signatures=signatures)
+        extra = staging / "assets.extra"
+        extra.mkdir(exist_ok=True)
+        write_warmup_requests(staging / WARMUP_FILE, model, model_name=name)
+        card = dict(model_card or {})
+        card.setdefault("signatures", signature_description())
+        card.setdefault("n_items", model.n_items)
+        card.setdefault("embedding_dim", int(model.output_embeddings.shape[1]))
+        card.setdefault("exported_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        (staging / MODEL_CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        return _rename_into_place(staging, model_dir, version)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _rename_into_place(staging: Path, model_dir: Path, version: int | None) -> Path:
+    for _ in range(100):
+        number = version if version is not None else next_version(model_dir)
+        target = model_dir / str(number)
+        try:
+            # os.rename onto an existing non-empty directory fails, so a race cannot overwrite
+            if target.exists():
+                raise FileExistsError(target)
+            os.rename(staging, target)
+            return target
+        except OSError:
+            if version is not None:
+                raise FileExistsError(f"{target} already exists") from None
+    raise RuntimeError(f"could not find a free version number in {model_dir}")
+
+
+def signature_description() -> dict[str, object]:
+    return {
+        RECOMMEND: {
+            "also": DEFAULT_SIGNATURE,
+            "inputs": {
+                "history": "DT_STRING [-1,-1] item ids, oldest first, padded with ''",
+                "history_weights": "DT_FLOAT [-1,-1] event-type weight per entry, 0 = padding",
+                "k": "DT_INT32 scalar",
+            },
+            "outputs": {"item_ids": "DT_STRING [-1,k]", "scores": "DT_FLOAT [-1,k]"},
+        },
+        SIMILAR: {
+            "inputs": {"item_ids": "DT_STRING [-1]", "k": "DT_INT32 scalar"},
+            "outputs": {"item_ids": "DT_STRING [-1,k]", "scores": "DT_FLOAT [-1,k]"},
+            "unknown_item": "row of '' with score -inf",
+        },
+    }
+
+
+def _make_module_class() -> type:
+    tf = _tensorflow()
+
+    class _ServingModule(tf.Module):  # type: ignore[misc, name-defined]
+        def __init__(self, model: TrainedModel) -> None:
+            super().__init__()
+            n_items = model.n_items
+            dim = model.input_embeddings.shape[1]
+            self._n_items = n_items
+            self._dim = dim
+            self._decays = [float(d) for d in model.decays]
+            self._norm_power = float(model.norm_power)
+            ids = np.asarray([str(i) for i in model.item_ids], dtype=object)
+            self.vocabulary = tf.Variable(ids.astype(bytes), trainable=False, name="vocabulary")
+            self.table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant(ids.astype(bytes)), tf.range(n_items, dtype=tf.int64)
+                ),
+                default_value=-1,
+            )
+            popularity = model.popularity.astype(np.float32)
+            popularity = popularity / max(float(popularity.max()), 1.0)
+            # Columns: decayed-history blocks, bias (used when the history is not empty),
+            # popularity (used when it is): the empty-history fallback costs no extra pass.
+            output = np.concatenate(
+                [model.output_embeddings.astype(np.float32), popularity[:, None]], axis=1
+            )
+            self.input_embeddings = tf.Variable(
+                model.input_embeddings.astype(np.float32), trainable=False, name="input_embeddings"
+            )
+            self.output_embeddings = tf.Variable(
+                np.ascontiguousarray(output), trainable=False, name="output_embeddings"
+            )
+
+        def _top_k(self, scores: Any, k: Any) -> tuple[Any, Any]:
+            k = tf.clip_by_value(k, 0, self._n_items)
+            values, indices = tf.math.top_k(scores, k=k, sorted=True)
+            ids = tf.gather(self.vocabulary, indices)
+            ids = tf.where(tf.math.is_finite(values), ids, tf.zeros_like(ids))
+            return ids, values
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, None], tf.string, name="history"),
+                tf.TensorSpec([None, None], tf.float32, name="history_weights"),
+                tf.TensorSpec([], tf.int32, name="k"),
+            ]
+        )
+        def recommend(self, history: Any, history_weights: Any, k: Any) -> dict[str, Any]:
+            index = self.table.lookup(history)
+            valid = tf.logical_and(index >= 0, history_weights > 0)
+            weights = tf.where(valid, history_weights, tf.zeros_like(history_weights))
+            present = tf.cast(valid, tf.float32)
+            age = tf.cumsum(present, axis=1, exclusive=True, reverse=True)
+            safe_index = tf.maximum(index, 0)
+            vectors = tf.gather(self.input_embeddings, safe_index)  # [b, l, dim]
+            blocks = []
+            for decay in self._decays:
+                factor = weights * tf.pow(tf.constant(decay, tf.float32), age)
+                total = tf.reduce_sum(factor, axis=1, keepdims=True)
+                summed = tf.einsum("bl,bld->bd", factor, vectors)
+                scale = tf.where(
+                    total > 0,
+                    tf.pow(tf.maximum(total, 1e-12), -self._norm_power),
+                    tf.zeros_like(total),
+                )
+                blocks.append(summed * scale)
+            empty = tf.cast(tf.reduce_sum(present, axis=1, keepdims=True) == 0, tf.float32)
+            query = tf.concat([*blocks, 1.0 - empty, empty], axis=1)
+            scores = tf.matmul(query, self.output_embeddings, transpose_b=True)  # [b, n]
+            rows = tf.broadcast_to(
+                tf.range(tf.shape(index)[0], dtype=tf.int64)[:, None], tf.shape(index)
+            )
+            seen = tf.boolean_mask(tf.stack([rows, safe_index], axis=-1), valid)
+            scores = tf.tensor_scatter_nd_update(
+                scores, seen, tf.fill(tf.shape(seen)[:1], tf.constant(-np.inf, tf.float32))
+            )
+            ids, values = self._top_k(scores, k)
+            return {"item_ids": ids, "scores": values}
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None], tf.string, name="item_ids"),
+                tf.TensorSpec([], tf.int32, name="k"),
+            ]
+        )
+        def similar(self, item_ids: Any, k: Any) -> dict[str, Any]:
+            index = self.table.lookup(item_ids)
+            known = index >= 0
+            safe_index = tf.maximum(index, 0)
+            vector = tf.gather(self.input_embeddings, safe_index)  # one entry, weight 1, age 0
+            batch = tf.shape(index)[0]
+            ones = tf.ones([batch, 1], tf.float32)
+            query = tf.concat([vector] * len(self._decays) + [ones, tf.zeros_like(ones)], axis=1)
+            scores = tf.matmul(query, self.output_embeddings, transpose_b=True)
+            minus_inf = tf.constant(-np.inf, tf.float32)
+            scores = tf.where(known[:, None], scores, tf.fill(tf.shape(scores), minus_inf))
+            own = tf.stack([tf.range(batch, dtype=tf.int64), safe_index], axis=1)
+            own = tf.boolean_mask(own, known)
+            scores = tf.tensor_scatter_nd_update(scores, own, tf.fill(tf.shape(own)[:1], minus_inf))
+            ids, values = self._top_k(scores, k)
+            return {"item_ids": ids, "scores": values}
+
+    return _ServingModule
+
+
+_module_class: type | None = None
+
+
+def ServingModule(model: TrainedModel) -> Any:
+    """The ``tf.Module`` that carries the vocabulary, the embeddings and both signatures."""
+    global _module_class
+    if _module_class is None:
+        _module_class = _make_module_class()
+    return _module_class(model)
+
+
+def write_warmup_requests(path: Path, model: TrainedModel, *, model_name: str) -> None:
+    """A few PredictRequests for both signatures, replayed by TF Serving before serving."""
+    tf = _tensorflow()
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    ids = [str(i).encode() for i in model.item_ids[: min(6, model.n_items)]]
+    histories = [
+        ([ids[0], ids[-1], b""], [1.0, 2.0, 0.0]),
+        ([b"", b"", b""], [0.0, 0.0, 0.0]),
+    ]
+    requests = []
+    for history, weights in histories:
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(name=model_name, signature_name=RECOMMEND)
+        )
+        request.inputs["history"].CopyFrom(tf.make_tensor_proto([history], dtype=tf.string))
+        request.inputs["history_weights"].CopyFrom(
+            tf.make_tensor_proto([weights], dtype=tf.float32)
+        )
+        request.inputs["k"].CopyFrom(tf.make_tensor_proto(10, dtype=tf.int32))
+        requests.append(request)
+    default = predict_pb2.PredictRequest()
+    default.CopyFrom(requests[0])
+    default.model_spec.signature_name = DEFAULT_SIGNATURE
+    requests.append(default)
+    similar = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SIMILAR)
+    )
+    similar.inputs["item_ids"].CopyFrom(tf.make_tensor_proto([ids[0], b"?"], dtype=tf.string))
+    similar.inputs["k"].CopyFrom(tf.make_tensor_proto(10, dtype=tf.int32))
+    requests.append(similar)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for request in requests:
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
+            writer.write(log.SerializeToString())
+
+
+def read_warmup_requests(path: str | Path) -> list[Any]:
+    """Parse a warmup file back into ``PredictionLog`` messages (used by tests and checks)."""
+    tf = _tensorflow()
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    logs = []
+    for record in tf.data.TFRecordDataset(str(path)):
+        log = prediction_log_pb2.PredictionLog()
+        log.ParseFromString(record.numpy())
+        logs.append(log)
+    return logs
