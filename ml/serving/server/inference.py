@@ -25,7 +25,7 @@ from tensorflow_serving.apis import (
 )
 
 from ml.serving.server import errors
-from ml.serving.server.servable import LoadedServable
+from ml.serving.server.servable import LoadedServable, SignatureView
 from ml.serving.server.tensors import (
     TensorParseError,
     dtype_name,
@@ -64,7 +64,7 @@ def predict(
     servable: LoadedServable, request: predict_pb2.PredictRequest
 ) -> predict_pb2.PredictResponse:
     signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-    signature = servable.signatures.get(signature_name)
+    signature = servable.views.get(signature_name)
     if signature is None:
         raise errors.failed_precondition(f'Serving signature key "{signature_name}" not found.')
     if signature.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
@@ -78,15 +78,16 @@ def predict(
 
     # Session::Run numbers its arguments by sorted feed name; a dtype mismatch is reported by
     # the call frame before anything runs.
-    feeds.sort(key=lambda feed: feed[0])
-    for index, (_, alias, value_dtype, _) in enumerate(feeds):
-        expected = signature.inputs[alias].dtype
+    if len(feeds) > 1:
+        feeds.sort(key=lambda feed: feed[0])
+    for index, (_, expected, value_dtype, _) in enumerate(feeds):
         if value_dtype != expected:
             raise errors.invalid_argument(
                 f"Expects arg[{index}] to be {dtype_name(expected)} but "
                 f"{dtype_name(value_dtype)} is provided"
             )
-    fetch_names = list(dict.fromkeys(signature.outputs[alias].name for alias in aliases))
+    outputs = signature.outputs
+    fetch_names = list(dict.fromkeys(outputs[alias].name for alias in aliases))
     values = _run(servable, [(name, value) for name, _, _, value in feeds], fetch_names)
     by_name = dict(zip(fetch_names, values, strict=True))
 
@@ -94,15 +95,17 @@ def predict(
     make_model_spec(
         response.model_spec, request.model_spec.name, servable.id.version, signature_name
     )
+    response_outputs = response.outputs
     for alias in aliases:
-        info = signature.outputs[alias]
-        ndarray_to_proto(by_name[info.name], info.dtype, response.outputs[alias])
+        info = outputs[alias]
+        ndarray_to_proto(by_name[info.name], info.dtype, response_outputs[alias])
     return response
 
 
 def _predict_inputs(
-    signature: meta_graph_pb2.SignatureDef, request: predict_pb2.PredictRequest
-) -> list[tuple[str, str, int, np.ndarray]]:
+    signature: SignatureView, request: predict_pb2.PredictRequest
+) -> list[tuple[str, int, int, np.ndarray]]:
+    """(feed name, signature dtype, request dtype, value) per signature input."""
     request_inputs = request.inputs
     signature_inputs = signature.inputs
     defaults = signature.defaults
@@ -116,10 +119,9 @@ def _predict_inputs(
             f"len({{{_join(request_inputs)}}}) != len({{{_join(signature_inputs)}}}). "
             f"Sent extra: {{{_join(sent_extra)}}}. Missing but required: {{{_join(missing)}}}."
         )
-    feeds: list[tuple[str, str, int, np.ndarray]] = []
+    feeds: list[tuple[str, int, int, np.ndarray]] = []
     seen = 0
-    for alias in sorted(signature_inputs):
-        info = signature_inputs[alias]
+    for alias, info in signature_inputs.items():
         if alias in request_inputs:
             proto = request_inputs[alias]
             seen += 1
@@ -135,7 +137,7 @@ def _predict_inputs(
             value = proto_to_ndarray(proto)
         except TensorParseError:
             raise errors.invalid_argument(f"tensor parsing error: {alias}") from None
-        feeds.append((info.name, alias, proto.dtype, value))
+        feeds.append((info.name, info.dtype, proto.dtype, value))
     if sent and seen != sent:
         used = [alias for alias in signature_inputs if alias in request_inputs]
         raise errors.invalid_argument(
@@ -146,11 +148,14 @@ def _predict_inputs(
 
 
 def _predict_outputs(
-    signature: meta_graph_pb2.SignatureDef, request: predict_pb2.PredictRequest
-) -> list[str]:
+    signature: SignatureView, request: predict_pb2.PredictRequest
+) -> tuple[str, ...] | list[str]:
+    output_filter = request.output_filter
+    if not output_filter:
+        return signature.output_aliases
     aliases: list[str] = []
     seen: set[str] = set()
-    for alias in request.output_filter:
+    for alias in output_filter:
         if alias not in signature.outputs:
             raise errors.invalid_argument(
                 f"output tensor alias not found in signature: {alias} Outputs expected to be "
@@ -160,8 +165,6 @@ def _predict_outputs(
             raise errors.invalid_argument(f"duplicate output tensor alias: {alias}")
         seen.add(alias)
         aliases.append(alias)
-    if not aliases:
-        aliases = sorted(signature.outputs)
     return aliases
 
 

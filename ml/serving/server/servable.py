@@ -36,6 +36,34 @@ class ServableId:
         return f"{{name: {self.name} version: {self.version}}}"
 
 
+@dataclass(frozen=True)
+class TensorView:
+    name: str  # the graph tensor, e.g. "serving_default_x:0"
+    dtype: int
+
+
+@dataclass(frozen=True)
+class SignatureView:
+    """A SignatureDef as plain dicts, built once per version: requests read it, not protos."""
+
+    method_name: str
+    inputs: dict[str, TensorView]
+    outputs: dict[str, TensorView]
+    defaults: dict[str, Any]
+    output_aliases: tuple[str, ...]
+
+    @classmethod
+    def of(cls, signature: meta_graph_pb2.SignatureDef) -> SignatureView:
+        outputs = {k: TensorView(v.name, v.dtype) for k, v in sorted(signature.outputs.items())}
+        return cls(
+            method_name=signature.method_name,
+            inputs={k: TensorView(v.name, v.dtype) for k, v in sorted(signature.inputs.items())},
+            outputs=outputs,
+            defaults=dict(signature.defaults.items()),
+            output_aliases=tuple(outputs),
+        )
+
+
 class LoadedServable:
     """A SavedModel version in its own graph and session; thread-safe, counts calls in flight."""
 
@@ -45,16 +73,25 @@ class LoadedServable:
         path: str,
         session: Any,
         signatures: dict[str, meta_graph_pb2.SignatureDef],
+        *,
+        run_in_caller_thread: bool = True,
     ) -> None:
         self.id = servable_id
         self.path = path
         self.signatures = signatures
+        self.views = {key: SignatureView.of(value) for key, value in signatures.items()}
         self._session = session
         self._callables: dict[tuple[tuple[str, ...], tuple[str, ...]], RunCallable] = {}
         self._callables_lock = threading.Lock()
         self._in_flight = 0
         self._idle = threading.Condition()
         self._closed = False
+        # Executing Session::Run on the calling thread (RunOptions.inter_op_thread_pool = -1)
+        # saves the hand-off to TensorFlow's inter-op pool: ~60 µs -> ~15 µs per call for
+        # small graphs. Kernels still use the intra-op pool, so big matmuls stay parallel.
+        self._run_options = config_pb2.RunOptions(
+            inter_op_thread_pool=-1 if run_in_caller_thread else 0
+        )
 
     @classmethod
     def load(
@@ -63,6 +100,7 @@ class LoadedServable:
         path: str,
         *,
         session_config: config_pb2.ConfigProto | None = None,
+        run_in_caller_thread: bool = True,
     ) -> LoadedServable:
         """Load `path` (a version folder); raises on a missing or corrupt SavedModel."""
         if not (
@@ -82,7 +120,9 @@ class LoadedServable:
             raise
         graph.finalize()
         signatures = {key: value for key, value in meta_graph.signature_def.items()}
-        return cls(servable_id, path, session, signatures)
+        return cls(
+            servable_id, path, session, signatures, run_in_caller_thread=run_in_caller_thread
+        )
 
     # -- running -----------------------------------------------------------------------------
 
@@ -98,7 +138,9 @@ class LoadedServable:
         with self._callables_lock:
             run_callable = self._callables.get(key)
             if run_callable is None:
-                options = config_pb2.CallableOptions(feed=list(key[0]), fetch=list(key[1]))
+                options = config_pb2.CallableOptions(
+                    feed=list(key[0]), fetch=list(key[1]), run_options=self._run_options
+                )
                 run_callable = self._session._make_callable_from_options(options)
                 self._callables[key] = run_callable
             return run_callable

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 _NUMPY_DTYPES: dict[int, Any] = {
     types_pb2.DT_FLOAT: np.float32,
@@ -150,11 +150,9 @@ def proto_to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
 
 
 def _set_shape(proto: tensor_pb2.TensorProto, shape: Sequence[int]) -> None:
-    proto.tensor_shape.CopyFrom(
-        tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(size)) for size in shape]
-        )
-    )
+    dims = proto.tensor_shape.dim
+    for size in shape:
+        dims.add().size = size
 
 
 def ndarray_to_proto(
