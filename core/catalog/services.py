@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from . import hooks
 from .models import Item, User
+from .postgres import pg_cursor
 from .validation import ItemIn, UserIn
 
 _ITEM_UPDATE_FIELDS = [
@@ -163,10 +164,10 @@ def _existing(model: type[Item] | type[User], external_ids: list[str]) -> int:
 def _lookup(model: type[Item] | type[User], external_ids: list[str]) -> dict[str, int]:
     found: dict[str, int] = {}
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
+        with pg_cursor() as cursor:
             cursor.execute(
                 f"SELECT external_id, id FROM {model._meta.db_table} "  # noqa: S608 (our table)
-                "WHERE external_id = ANY(%s)",
+                "WHERE external_id = ANY(%b)",
                 [external_ids],
             )
             found.update(cursor.fetchall())
@@ -188,11 +189,11 @@ def _insert_missing(model: type[Item] | type[User], external_ids: list[str], now
         table = model._meta.db_table
         extra = ", title, category, tags, available, deleted_at" if model is Item else ""
         extra_values = ", '', '', '[]'::jsonb, true, NULL" if model is Item else ""
-        with connection.cursor() as cursor:
+        with pg_cursor() as cursor:
             cursor.execute(
                 f"INSERT INTO {table} (external_id, attributes, created_at, updated_at{extra}) "  # noqa: S608
                 f"SELECT ext, '{{}}'::jsonb, %s, %s{extra_values} "
-                "FROM unnest(%s::text[]) AS ext ON CONFLICT (external_id) DO NOTHING",
+                "FROM unnest(%b::text[]) AS ext ON CONFLICT (external_id) DO NOTHING",
                 [now, now, external_ids],
             )
         return

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,12 +20,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
+from django.db import connection, connections
 
 from core.catalog.validation import RowError
 
 from .partitions import is_partitioned
 from .services import events_ingest
-from .validation import EVENT_FIELDS, EventValidator
+from .validation import EVENT_FIELDS, EventIn, EventValidator
 
 MOVIELENS_COLUMNS = ("userId", "movieId", "rating", "timestamp")
 MOVIELENS_MAPPING = {
@@ -86,12 +89,9 @@ def _number(text: str) -> Any:
             return text  # the validator names the problem
 
 
-def _event_id(row: dict[str, Any]) -> str:
-    key = "\x1f".join(
-        str(row.get(name, ""))
-        for name in ("user_id", "item_id", "type", "timestamp", "value", "session_id")
-    )
-    return "imp-" + hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
+def _event_id(text: str) -> str:
+    # The row's own content names it: re-importing the file finds the same keys.
+    return "imp-" + hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
 def _csv_rows(
@@ -125,6 +125,7 @@ def _csv_rows(
         else:
             converters.append((target, position, lambda text: text or None))
     has_event_id = "event_id" in mapping
+    type_tag = f"{default_type or ''}\x1e"
     width = len(header)
     for line, values in enumerate(reader, start=2):
         if len(values) != width:
@@ -140,7 +141,7 @@ def _csv_rows(
         if default_type is not None and row.get("type") is None:
             row["type"] = default_type
         if not has_event_id:
-            row["event_id"] = _event_id(row)
+            row["event_id"] = _event_id(type_tag + "\x1f".join(values))
         yield line, row
 
 
@@ -162,7 +163,7 @@ def _jsonl_rows(
         if default_type is not None and row.get("type") is None:
             row["type"] = default_type
         if row.get("event_id") is None:
-            row["event_id"] = _event_id(row)
+            row["event_id"] = _event_id(f"{default_type or ''}\x1e{text.strip()}")
         yield line, row
 
 
@@ -190,6 +191,10 @@ def events_import(
     started = time.perf_counter()
     id_cache: dict[tuple[str, str], int] = {}
     validator = EventValidator()
+    # Outside a transaction, a second thread stores chunk n while this one reads and validates
+    # chunk n+1 (two cores busy). Inside one (tests, callers' atomic blocks), store inline so
+    # everything stays in the caller's transaction.
+    writer = _Writer(report, id_cache, max_errors) if not connection.in_atomic_block else None
     with path.open(newline="" if file_format == "csv" else None, encoding="utf-8") as stream:
         rows = (_csv_rows if file_format == "csv" else _jsonl_rows)(
             stream, dict(mapping or {}), default_type
@@ -198,43 +203,91 @@ def events_import(
         lines: list[int] = []
 
         def flush() -> None:
-            valid, errors = validator.validate(chunk)
-            # Errors carry the chunk index; turn it into the file's line number.
-            errors = [RowError(lines[e.index], e.field, e.code, e.message) for e in errors]
-            for event_index, event in enumerate(valid):
-                valid[event_index] = _renumber(event, lines)
-            result = events_ingest(events=valid, use_copy=True, id_cache=id_cache)
-            report.accepted += result.accepted
-            report.duplicates += result.duplicates
-            bad = errors + result.errors
-            report.rejected += len({error.index for error in bad})
-            room = max_errors - len(report.errors)
-            if room > 0:
-                report.errors.extend(bad[:room])
-            chunk.clear()
-            lines.clear()
+            valid, errors = validator.validate(chunk, indexes=lines)
+            report.rejected += len({error.index for error in errors})
+            _keep_errors(report, errors, max_errors)
+            if writer is not None:
+                writer.put(valid)
+            else:
+                _store(report, valid, id_cache, max_errors)
             report.seconds = time.perf_counter() - started
             if progress is not None:
                 progress(report)
 
-        for line, row in rows:
-            report.read += 1
-            if isinstance(row, str):  # the row could not even be read
-                report.rejected += 1
-                if len(report.errors) < max_errors:
-                    report.errors.append(RowError(line, None, "unreadable", row))
-                continue
-            chunk.append(row)
-            lines.append(line)
-            if len(chunk) >= chunk_size:
+        try:
+            for line, row in rows:
+                report.read += 1
+                if isinstance(row, str):  # the row could not even be read
+                    report.rejected += 1
+                    _keep_errors(report, [RowError(line, None, "unreadable", row)], max_errors)
+                    continue
+                chunk.append(row)
+                lines.append(line)
+                if len(chunk) >= chunk_size:
+                    flush()
+                    chunk, lines = [], []
+            if chunk:
                 flush()
-        if chunk:
-            flush()
+        finally:
+            if writer is not None:
+                writer.close()
+    report.errors.sort(key=lambda error: error.index)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _renumber(event: Any, lines: list[int]) -> Any:
-    from dataclasses import replace
+def _keep_errors(report: ImportReport, errors: list[RowError], max_errors: int) -> None:
+    room = max_errors - len(report.errors)
+    if room > 0:
+        report.errors.extend(errors[:room])
 
-    return replace(event, index=lines[event.index])
+
+def _store(
+    report: ImportReport,
+    valid: list[EventIn],
+    id_cache: dict[tuple[str, str], int],
+    max_errors: int,
+) -> None:
+    result = events_ingest(events=valid, use_copy=True, id_cache=id_cache)
+    report.accepted += result.accepted
+    report.duplicates += result.duplicates
+    report.rejected += result.rejected
+    _keep_errors(report, result.errors, max_errors)
+
+
+class _Writer:
+    """Stores chunks on its own thread (and database connection), one chunk ahead at most."""
+
+    def __init__(
+        self, report: ImportReport, id_cache: dict[tuple[str, str], int], max_errors: int
+    ) -> None:
+        self.report = report
+        self.id_cache = id_cache
+        self.max_errors = max_errors
+        self.queue: queue.Queue[list[EventIn] | None] = queue.Queue(maxsize=1)
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="import-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (valid := self.queue.get()) is not None:
+                if self.failure is None:
+                    _store(self.report, valid, self.id_cache, self.max_errors)
+        except BaseException as exc:  # handed to the reading thread
+            self.failure = exc
+            while self.queue.get() is not None:  # drain so the reader never blocks
+                pass
+        finally:
+            connections.close_all()
+
+    def put(self, valid: list[EventIn]) -> None:
+        if self.failure is not None:
+            raise self.failure
+        self.queue.put(valid)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.failure is not None:
+            raise self.failure

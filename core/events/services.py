@@ -19,6 +19,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from core.catalog.models import Item, User
+from core.catalog.postgres import pg_cursor
 from core.catalog.services import catalog_ids_resolve
 from core.catalog.validation import RowError
 
@@ -35,7 +36,7 @@ _COLUMNS = (
 _INSERT_FROM_ARRAYS = f"""
 WITH fresh AS (
     INSERT INTO events_eventkey (event_id, received_at)
-    SELECT k, %(now)s FROM unnest(%(keys)s::text[]) AS k ORDER BY k
+    SELECT k, %(now)s FROM unnest(%(keys)b::text[]) AS k ORDER BY k
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
 )
@@ -43,9 +44,9 @@ INSERT INTO events_event ({_COLUMNS})
 SELECT b.event_id, b.user_id, b.item_id, b.session_id, b.type, b.value, b.timestamp, %(now)s,
        b.recommendation_id, b.context::jsonb
 FROM unnest(
-    %(keys)s::text[], %(user_ids)s::bigint[], %(item_ids)s::bigint[], %(session_ids)s::text[],
-    %(types)s::text[], %(values)s::float8[], %(timestamps)s::timestamptz[],
-    %(recommendation_ids)s::text[], %(contexts)s::text[]
+    %(keys)b::text[], %(user_ids)b::bigint[], %(item_ids)b::bigint[], %(session_ids)b::text[],
+    %(types)b::text[], %(values)b::float8[], %(timestamps)b::timestamptz[],
+    %(recommendation_ids)b::text[], %(contexts)b::text[]
 ) AS b(event_id, user_id, item_id, session_id, type, value, timestamp, recommendation_id, context)
 JOIN fresh USING (event_id)
 """  # noqa: S608 (no user input in the SQL text)
@@ -178,8 +179,8 @@ def _resolve_ids(
 def _taken_keys(keys: list[str]) -> set[str]:
     """Which of these idempotency keys are already stored."""
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT event_id FROM events_eventkey WHERE event_id = ANY(%s)", [keys])
+        with pg_cursor() as cursor:
+            cursor.execute("SELECT event_id FROM events_eventkey WHERE event_id = ANY(%b)", [keys])
             return {row[0] for row in cursor.fetchall()}
     taken: set[str] = set()
     for start in range(0, len(keys), 500):  # SQLite's bound-variable limit
@@ -218,7 +219,7 @@ def _resolve(
 
 
 def _store_postgresql(batch: list[_Row], now: datetime, *, use_copy: bool) -> int:
-    with connection.cursor() as cursor:
+    with pg_cursor() as cursor:
         if not use_copy:
             events = [row[0] for row in batch]
             cursor.execute(
@@ -243,7 +244,7 @@ def _store_postgresql(batch: list[_Row], now: datetime, *, use_copy: bool) -> in
             "value float8, timestamp timestamptz, recommendation_id text, context jsonb"
             ") ON COMMIT DELETE ROWS"
         )
-        with cursor.cursor.copy(f"COPY {_STAGE} ({_STAGE_COLUMNS}) FROM STDIN") as copy:
+        with cursor.copy(f"COPY {_STAGE} ({_STAGE_COLUMNS}) FROM STDIN") as copy:
             write_row = copy.write_row
             for e, user_pk, item_pk in batch:
                 write_row(

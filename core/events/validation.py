@@ -92,13 +92,15 @@ class EventValidator:
         self.max_context = settings.EVENTS_MAX_CONTEXT_BYTES
 
     def validate(
-        self, raw_events: list[Any], *, start_index: int = 0
+        self, raw_events: list[Any], *, indexes: list[int] | None = None
     ) -> tuple[list[EventIn], list[RowError]]:
+        """(valid events, errors). Each carries its position in `raw_events`, or the matching
+        entry of `indexes` (e.g. line numbers of a file)."""
         valid: list[EventIn] = []
         errors: list[RowError] = []
         one = self.one
         for offset, raw in enumerate(raw_events):
-            event = one(raw, start_index + offset, errors)
+            event = one(raw, offset if indexes is None else indexes[offset], errors)
             if event is not None:
                 valid.append(event)
         return valid, errors

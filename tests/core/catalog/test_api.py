@@ -174,7 +174,10 @@ def test_deleting_a_user_forgets_them_and_reports_what_went(api, make_client):
 
     # then
     assert response.status_code == 200
-    assert response.json() == {"id": "forget-me", "removed": {"user": 1, "events": 3}}
+    answer = response.json()
+    assert answer["id"] == "forget-me"
+    # other apps (features, cached recommendations) add their own counts by name
+    assert answer["removed"] | {"user": 1, "events": 3} == answer["removed"]
     assert not User.objects.filter(external_id="forget-me").exists()
     assert Event.objects.count() == 2
     # a late retry of a forgotten event does not bring it back

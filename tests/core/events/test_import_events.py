@@ -95,3 +95,20 @@ def test_bad_mapping_and_missing_columns_stop_with_a_message(tmp_path):
         run(path, "--map", "user_id=zzz")
     with pytest.raises(CommandError, match="no such file"):
         run(tmp_path / "missing.csv")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_chunks_are_stored_by_a_writer_thread(tmp_path):
+    # given: several chunks, no surrounding transaction (as from the command line)
+    path = tmp_path / "ratings.csv"
+    rows = [f"{n % 13},{n % 17},{1 + n % 5}.0,{1_600_000_000 + n}" for n in range(250)]
+    path.write_text("userId,movieId,rating,timestamp\n" + "\n".join(rows) + "\n")
+
+    # when
+    out, _ = run(path, "--chunk-size", 40)
+    again, _ = run(path, "--chunk-size", 40)
+
+    # then
+    assert "read 250, accepted 250, duplicates 0, rejected 0" in out
+    assert "accepted 0, duplicates 250" in again
+    assert Event.objects.count() == 250

@@ -1,0 +1,372 @@
+"""Ingestion benchmark (`make bench-ingest`): events over HTTP into PostgreSQL, compared with a raw
+COPY of the same rows into the same table; single-event latency at a fixed rate; import_events.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/recommender \\
+        python -m core.events.bench_ingest --events 1000000
+
+It works in its own database (`<name>_bench`, dropped and re-created) and starts its own gunicorn
+on a free port, so it never touches the data of a running backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import os
+import queue
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000, help="events sent over HTTP")
+    parser.add_argument("--batch", type=int, default=1000, help="events per request")
+    parser.add_argument("--concurrency", type=int, default=4, help="client connections")
+    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--rate", type=int, default=200, help="single-event requests per second")
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--import-events", type=int, default=1_000_000, help="rows for import")
+    parser.add_argument("--skip", default="", help="comma-separated: http,latency,copy,import")
+    return parser.parse_args()
+
+
+def bench_database_url() -> str:
+    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/recommender")
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql", "pgsql"):
+        sys.exit("bench-ingest needs PostgreSQL: set DATABASE_URL=postgres://...")
+    name = parts.path.lstrip("/") or "recommender"
+    return urlunsplit(parts._replace(path=f"/{name}_bench"))
+
+
+def recreate_database(url: str) -> None:
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    admin = urlunsplit(parts._replace(scheme="postgresql", path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            if condition():
+                return
+        if time.monotonic() > deadline:
+            sys.exit(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def make_events(args: argparse.Namespace, *, prefix: str, count: int, start: int = 0) -> list:
+    rng = random.Random(7)
+    now = datetime.now(tz=UTC)
+    types = ["view"] * 12 + ["click"] * 5 + ["add_to_cart"] * 2 + ["purchase", "rating"]
+    events = []
+    for n in range(start, start + count):
+        event_type = rng.choice(types)
+        event = {
+            "event_id": f"{prefix}-{n}",
+            "user_id": f"user-{rng.randrange(args.users)}",
+            "item_id": f"item-{rng.randrange(args.items)}",
+            "type": event_type,
+            "timestamp": (now - timedelta(seconds=rng.randrange(3 * 86400))).isoformat(),
+            "session_id": f"s-{rng.randrange(10 * args.users)}",
+        }
+        if event_type == "rating":
+            event["value"] = float(rng.randrange(1, 11)) / 2
+        elif event_type == "purchase":
+            event["value"] = round(rng.uniform(5, 200), 2)
+        if n % 10 == 0:
+            event["recommendation_id"] = f"rec-{n // 10}"
+            event["context"] = {"page": "home", "position": n % 20}
+        events.append(event)
+    return events
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    index = min(len(sorted_values) - 1, round(fraction * (len(sorted_values) - 1)))
+    return sorted_values[index]
+
+
+class Server:
+    def __init__(self, env: dict[str, str], workers: int) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("gunicorn")),
+                "recommender.wsgi:application",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                str(workers),
+                "--worker-class",
+                "gthread",
+                "--threads",
+                "1",
+                "--keep-alive",
+                "30",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+        )
+        wait_until(self.healthy, 60, "gunicorn")
+
+    def healthy(self) -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status == 200
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def post_batches(port: int, key: str, bodies: list[bytes], concurrency: int) -> dict:
+    work: queue.Queue[bytes] = queue.Queue()
+    for body in bodies:
+        work.put(body)
+    totals = {"accepted": 0, "duplicates": 0, "rejected": 0, "failed": 0}
+    lock = threading.Lock()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        while True:
+            try:
+                body = work.get_nowait()
+            except queue.Empty:
+                return
+            conn.request("POST", "/api/v1/events", body, headers)
+            response = conn.getresponse()
+            answer = orjson.loads(response.read())
+            with lock:
+                if response.status != 202:
+                    totals["failed"] += 1
+                    print("  unexpected answer:", response.status, str(answer)[:300])
+                    continue
+                for name in ("accepted", "duplicates", "rejected"):
+                    totals[name] += answer[name]
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return totals
+
+
+def single_event_latency(port: int, key: str, args: argparse.Namespace) -> list[float]:
+    """Open loop: request i is due at start + i/rate; its latency counts from that moment, so a
+    slow answer also delays (and is charged to) the requests queued behind it."""
+    total = int(args.rate * args.latency_seconds)
+    bodies = [orjson.dumps(event) for event in make_events(args, prefix="single", count=total)]
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    latencies: list[float] = []
+    lock = threading.Lock()
+    counter = iter(range(total))
+    start = time.perf_counter() + 0.5
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while True:
+            with lock:
+                index = next(counter, None)
+            if index is None:
+                return
+            due = start + index / args.rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)  # pacing to the schedule, not waiting for a result
+            conn.request("POST", "/api/v1/events", bodies[index], headers)
+            response = conn.getresponse()
+            response.read()
+            elapsed = time.perf_counter() - due
+            if response.status != 202:
+                print("  unexpected answer:", response.status)
+            with lock:
+                latencies.append(elapsed)
+
+    threads = [threading.Thread(target=client) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sorted(latencies)
+
+
+def raw_copy_rate(connection_url: str, expected: int) -> float:
+    """COPY the rows the HTTP run stored back into the (emptied) table, and time it."""
+    columns = (
+        "event_id, user_id, item_id, session_id, type, value, timestamp, ingested_at, "
+        "recommendation_id, context"
+    )
+    with psycopg.connect(connection_url) as conn:
+        blocks = []
+        with conn.cursor() as cursor:
+            with cursor.copy(
+                f"COPY (SELECT {columns} FROM events_event) TO STDOUT (FORMAT binary)"  # noqa: S608
+            ) as copy:
+                for block in copy:
+                    blocks.append(bytes(block))
+            cursor.execute("TRUNCATE events_event")
+        conn.commit()
+        started = time.perf_counter()
+        with conn.cursor() as cursor:
+            with cursor.copy(f"COPY events_event ({columns}) FROM STDIN (FORMAT binary)") as copy:
+                for block in blocks:
+                    copy.write(block)
+            cursor.execute("SELECT count(*) FROM events_event")
+            copied = cursor.fetchone()[0]
+        conn.commit()
+        seconds = time.perf_counter() - started
+    assert copied == expected, (copied, expected)
+    return expected / seconds
+
+
+def write_movielens_csv(path: Path, rows: int, args: argparse.Namespace) -> None:
+    rng = random.Random(11)
+    base = int(time.time()) - 2 * 365 * 86400
+    with path.open("w") as out:
+        out.write("userId,movieId,rating,timestamp\n")
+        lines = []
+        for _ in range(rows):
+            lines.append(
+                f"{rng.randrange(1, args.users)},{rng.randrange(1, args.items)},"
+                f"{rng.randrange(1, 11) / 2},{base + rng.randrange(2 * 365 * 86400)}\n"
+            )
+            if len(lines) >= 100_000:
+                out.writelines(lines)
+                lines.clear()
+        out.writelines(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    url = bench_database_url()
+    print(f"bench-ingest: database {urlsplit(url).path.lstrip('/')} (re-created)")
+    recreate_database(url)
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "DJANGO_SETTINGS_MODULE": "recommender.settings",
+        "LOG_LEVEL": "WARNING",
+        "DJANGO_DEBUG": "false",
+    }
+    os.environ.update(env)
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from core.catalog.services import items_upsert, users_upsert
+    from core.catalog.validation import ItemIn, UserIn
+    from core.events.importing import events_import
+    from core.system.services import api_key_create
+
+    call_command("migrate", verbosity=0)
+    key = api_key_create(name="bench", scopes=["events:write"]).raw_key
+    started = time.perf_counter()
+    users_upsert(users=[UserIn(external_id=f"user-{n}") for n in range(args.users)])
+    items_upsert(
+        items=[
+            ItemIn(external_id=f"item-{n}", title=f"Item {n}", category=f"c{n % 50}")
+            for n in range(args.items)
+        ]
+    )
+    print(
+        f"catalog: {args.users:,} users and {args.items:,} items upserted in "
+        f"{time.perf_counter() - started:.1f} s (catalog services)"
+    )
+    psql_url = urlunsplit(urlsplit(url)._replace(scheme="postgresql"))
+    results: dict[str, float] = {}
+    server = Server(env, args.workers)
+    try:
+        if "http" not in skip:
+            started = time.perf_counter()
+            events = make_events(args, prefix="bench", count=args.events)
+            bodies = [
+                orjson.dumps(events[n : n + args.batch]) for n in range(0, len(events), args.batch)
+            ]
+            del events
+            print(
+                f"http: {len(bodies):,} bodies of {args.batch} events prepared in "
+                f"{time.perf_counter() - started:.1f} s; sending with {args.concurrency} "
+                f"connections to {args.workers} gunicorn workers"
+            )
+            started = time.perf_counter()
+            totals = post_batches(server.port, key, bodies, args.concurrency)
+            seconds = time.perf_counter() - started
+            results["http"] = args.events / seconds
+            print(
+                f"http: {args.events:,} events in {seconds:.1f} s = "
+                f"{results['http']:,.0f} events/s (accepted {totals['accepted']:,}, "
+                f"duplicates {totals['duplicates']:,}, rejected {totals['rejected']:,}, "
+                f"failed requests {totals['failed']})"
+            )
+            assert totals["accepted"] == args.events, "events lost or double-counted"
+        if "latency" not in skip:
+            latencies = single_event_latency(server.port, key, args)
+            results["p99_ms"] = percentile(latencies, 0.99) * 1000
+            print(
+                f"single event at {args.rate} req/s for {args.latency_seconds:.0f} s: "
+                f"{len(latencies):,} requests, p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
+                f"p99 {results['p99_ms']:.1f} ms, max {latencies[-1] * 1000:.1f} ms"
+            )
+    finally:
+        server.stop()
+    if "http" not in skip and "copy" not in skip:
+        with psycopg.connect(psql_url) as conn:
+            stored = conn.execute("SELECT count(*) FROM events_event").fetchone()[0]
+        results["copy"] = raw_copy_rate(psql_url, stored)
+        print(
+            f"raw COPY of the same {stored:,} rows into events_event: {results['copy']:,.0f} "
+            f"events/s; http/COPY ratio {results['http'] / results['copy']:.2f} (goal >= 0.15)"
+        )
+    if "import" not in skip and args.import_events:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "ratings.csv"
+            write_movielens_csv(path, args.import_events, args)
+            report = events_import(path=path)
+            results["import"] = report.rate
+            print(
+                f"import_events (MovieLens ratings.csv layout, {report.read:,} rows): "
+                f"{report.rate:,.0f} events/s (accepted {report.accepted:,}, duplicates "
+                f"{report.duplicates:,}, rejected {report.rejected:,}) via {report.path}"
+            )
+    print("summary:", ", ".join(f"{name}={value:,.1f}" for name, value in results.items()))
+
+
+if __name__ == "__main__":
+    main()
