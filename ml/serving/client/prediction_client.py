@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -225,10 +225,14 @@ class PredictionClient:
 
     # --- calls -------------------------------------------------------------------------------
 
-    def _call(self, method: str, request: Any, timeout: float | None, *, guarded: bool) -> Any:
+    def _call(
+        self, method: str, build: Callable[[], Any], timeout: float | None, *, guarded: bool
+    ) -> Any:
         """One RPC within `timeout` seconds, with one retry on UNAVAILABLE inside that budget.
 
-        `guarded` calls (Predict) go through the circuit breaker; admin calls always try.
+        `guarded` calls (Predict) go through the circuit breaker, which is asked before the
+        request is even built (`build()`), so an open circuit costs next to nothing; admin calls
+        always try.
         """
         budget = self.timeout if timeout is None else timeout
         if budget <= 0:
@@ -240,6 +244,7 @@ class PredictionClient:
         if guarded:
             breaker.before_call()
         try:
+            request = build()
             stub = self._get_stubs()[method]
             remaining = budget
             retried = False
@@ -293,7 +298,7 @@ class PredictionClient:
 
     def _predict(
         self,
-        inputs: dict[str, Any],
+        fill_inputs: Callable[[Any], None],
         rows: int,
         *,
         signature: str,
@@ -302,12 +307,18 @@ class PredictionClient:
         label: str | None,
         timeout: float | None,
     ) -> list[Recommendations]:
-        request = protos.predict_pb2.PredictRequest()
-        name = self._model_spec(request.model_spec, model, version, label, signature)
-        for alias, tensor in inputs.items():
-            request.inputs[alias].CopyFrom(tensor)
-        request.output_filter.extend(OUTPUTS)
-        response = self._call("predict", request, timeout, guarded=True)
+        if version is not None and label is not None:
+            raise ValueError("address a model by version or by label, not both")
+        name = model or self.model_name
+
+        def build() -> Any:
+            request = protos.predict_pb2.PredictRequest()
+            self._model_spec(request.model_spec, name, version, label, signature)
+            fill_inputs(request.inputs)
+            request.output_filter.extend(OUTPUTS)
+            return request
+
+        response = self._call("predict", build, timeout, guarded=True)
         return _ranked_lists(response, rows, name)
 
     def recommend(
@@ -364,13 +375,15 @@ class PredictionClient:
             raise ValueError("weights must have the same shape as histories")
         # At least one column: a [n, 0] tensor is legal but some graphs cannot take it.
         width = max(1, max(len(history) for history in histories))
-        inputs = {
-            "history": string_matrix(histories, width),
-            "history_weights": float_matrix(weights, width),
-            "k": int32_scalar(k),
-        }
+        weight_rows = weights  # narrowed: the closure below sees a list
+
+        def fill_inputs(inputs: Any) -> None:
+            string_matrix(histories, width, into=inputs["history"])
+            float_matrix(weight_rows, width, into=inputs["history_weights"])
+            int32_scalar(k, into=inputs["k"])
+
         return self._predict(
-            inputs,
+            fill_inputs,
             len(histories),
             signature=self.recommend_signature,
             model=model,
@@ -395,9 +408,13 @@ class PredictionClient:
         if not item_ids:
             return []
         _check_k(k)
-        inputs = {"item_ids": string_vector(item_ids), "k": int32_scalar(k)}
+
+        def fill_inputs(inputs: Any) -> None:
+            string_vector(item_ids, into=inputs["item_ids"])
+            int32_scalar(k, into=inputs["k"])
+
         return self._predict(
-            inputs,
+            fill_inputs,
             len(item_ids),
             signature=self.similar_signature,
             model=model,
@@ -418,7 +435,10 @@ class PredictionClient:
         request = protos.get_model_status_pb2.GetModelStatusRequest()
         self._model_spec(request.model_spec, model, version, None)
         response = self._call(
-            "status", request, self.admin_timeout if timeout is None else timeout, guarded=False
+            "status",
+            lambda: request,
+            self.admin_timeout if timeout is None else timeout,
+            guarded=False,
         )
         return tuple(
             ModelVersionStatus(
@@ -443,7 +463,10 @@ class PredictionClient:
         name = self._model_spec(request.model_spec, model, version, label)
         request.metadata_field.append("signature_def")
         response = self._call(
-            "metadata", request, self.admin_timeout if timeout is None else timeout, guarded=False
+            "metadata",
+            lambda: request,
+            self.admin_timeout if timeout is None else timeout,
+            guarded=False,
         )
         signature_map = protos.get_model_metadata_pb2.SignatureDefMap()
         packed = response.metadata.get("signature_def")
@@ -479,7 +502,10 @@ class PredictionClient:
         else:
             request.config.CopyFrom(model_server_config(models))
         response = self._call(
-            "reload", request, self.admin_timeout if timeout is None else timeout, guarded=False
+            "reload",
+            lambda: request,
+            self.admin_timeout if timeout is None else timeout,
+            guarded=False,
         )
         if response.status.error_code:
             code = _STATUS_CODES.get(response.status.error_code, grpc.StatusCode.UNKNOWN)

@@ -18,9 +18,19 @@ TensorProto = tensor_pb2.TensorProto
 PAD = ""
 
 
-def string_matrix(rows: Sequence[Sequence[str]], width: int) -> TensorProto:
+def _empty(into: TensorProto | None, dtype: int) -> TensorProto:
+    """`into` (e.g. `request.inputs["history"]`, filled in place: no copy) or a new tensor."""
+    tensor = TensorProto() if into is None else into
+    tensor.Clear()
+    tensor.dtype = dtype
+    return tensor
+
+
+def string_matrix(
+    rows: Sequence[Sequence[str]], width: int, into: TensorProto | None = None
+) -> TensorProto:
     """DT_STRING [len(rows), width], each row right-padded with ""."""
-    tensor = TensorProto(dtype=types_pb2.DT_STRING)
+    tensor = _empty(into, types_pb2.DT_STRING)
     tensor.tensor_shape.dim.add(size=len(rows))
     tensor.tensor_shape.dim.add(size=width)
     values = tensor.string_val
@@ -32,9 +42,11 @@ def string_matrix(rows: Sequence[Sequence[str]], width: int) -> TensorProto:
     return tensor
 
 
-def float_matrix(rows: Sequence[Sequence[float]], width: int) -> TensorProto:
+def float_matrix(
+    rows: Sequence[Sequence[float]], width: int, into: TensorProto | None = None
+) -> TensorProto:
     """DT_FLOAT [len(rows), width], each row right-padded with 0.0."""
-    tensor = TensorProto(dtype=types_pb2.DT_FLOAT)
+    tensor = _empty(into, types_pb2.DT_FLOAT)
     tensor.tensor_shape.dim.add(size=len(rows))
     tensor.tensor_shape.dim.add(size=width)
     values = tensor.float_val
@@ -45,15 +57,15 @@ def float_matrix(rows: Sequence[Sequence[float]], width: int) -> TensorProto:
     return tensor
 
 
-def string_vector(values: Sequence[str]) -> TensorProto:
-    tensor = TensorProto(dtype=types_pb2.DT_STRING)
+def string_vector(values: Sequence[str], into: TensorProto | None = None) -> TensorProto:
+    tensor = _empty(into, types_pb2.DT_STRING)
     tensor.tensor_shape.dim.add(size=len(values))
     tensor.string_val.extend(value.encode() for value in values)
     return tensor
 
 
-def int32_scalar(value: int) -> TensorProto:
-    tensor = TensorProto(dtype=types_pb2.DT_INT32)
+def int32_scalar(value: int, into: TensorProto | None = None) -> TensorProto:
+    tensor = _empty(into, types_pb2.DT_INT32)
     tensor.tensor_shape.SetInParent()  # a scalar: shape present, no dims
     tensor.int_val.append(value)
     return tensor
