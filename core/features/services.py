@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import threading
 from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
@@ -58,9 +60,34 @@ def features_refresh_trigger() -> None:
             return
         from .tasks import features_refresh_task
 
-        features_refresh_task.apply_async(kwargs={"trigger": "on_commit"}, retry=False)
+        connection = _broker_connection()
+        try:
+            features_refresh_task.apply_async(
+                kwargs={"trigger": "on_commit"}, retry=False, connection=connection
+            )
+        except Exception:
+            _local.__dict__.pop("connection", None)
+            connection.release()
+            raise
     except Exception:  # broker or cache down: the sweep catches up
         logger.warning("features: could not enqueue a refresh", exc_info=True)
+
+
+_local = threading.local()
+
+
+def _broker_connection() -> Any:
+    """This thread's broker connection for triggers. It gives up at once when the broker is
+    down (the default connection retries for seconds, and this runs on the request path)."""
+    pid = os.getpid()
+    found = getattr(_local, "connection", None)
+    if found is None or getattr(_local, "pid", None) != pid:
+        from recommender.celery import app
+
+        options = {**(app.conf.broker_transport_options or {}), "max_retries": 0}
+        found = _local.connection = app.connection_for_write(transport_options=options)
+        _local.pid = pid
+    return found
 
 
 def features_sweep() -> dict[str, Any]:
