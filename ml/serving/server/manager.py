@@ -174,13 +174,16 @@ class ModelManager:
         """Replace the model list (omitted models are unloaded); returns once new models are
         AVAILABLE, raising if some did not become available or a label is invalid."""
         validate_config(config)
+        owned = model_server_config_pb2.ModelServerConfig()
+        owned.CopyFrom(config)
+        config = owned
         with self._reconcile_lock:
             added: list[str] = []
             with self._lock:
                 wanted = {model.name: model for model in config.model_config_list.config}
-                for name, record in self._models.items():
+                for name, existing in self._models.items():
                     if name not in wanted:
-                        record.removed = True
+                        existing.removed = True
                 for name, model_config in wanted.items():
                     record = self._models.get(name)
                     if (
@@ -194,8 +197,7 @@ class ModelManager:
                         added.append(name)
                     else:
                         record.config = model_config
-                self._config = model_server_config_pb2.ModelServerConfig()
-                self._config.CopyFrom(config)
+                self._config = config
             for name in added:
                 old = self._models.get(name)
                 if old is not None:
@@ -210,13 +212,21 @@ class ModelManager:
                     version_record = record.versions.get(version)
                     if version_record is None or version_record.state != AVAILABLE:
                         failed.append(str(ServableId(name, version)))
-            self._update_labels(config)
+            label_error: ServingError | None = None
+            try:
+                self._update_labels(config)
+            except ServingError as error:
+                logger.error("Version labels not applied: %s", error.message)
+                label_error = error
+            # TF Serving reports the models first; both failures are in the log.
             if failed:
                 message = (
                     f"{len(failed)} model(s) did not become available: {{{', '.join(failed)}}}"
                 )
                 logger.error(message)
                 raise errors.unknown(message)
+            if label_error is not None:
+                raise label_error
 
     def _update_labels(self, config: model_server_config_pb2.ModelServerConfig) -> None:
         with self._lock:

@@ -389,3 +389,33 @@ def test_a_missing_base_path_is_logged_and_a_version_appearing_later_is_served(
 
     wait_for(lambda: server.statuses("later") == {4: AVAILABLE}, what="version 4")
     assert _served_version(server, "later") == 4
+
+
+def test_start_up_with_a_corrupt_model_and_a_bad_label_serves_the_rest(
+    models, start_server, tmp_path, caplog
+):
+    # given: one good model, one whose only version is corrupt, a label on a missing version
+    good = tmp_path / "hpt"
+    install_version(models.half_plus_two, good, 1)
+    bad = tmp_path / "bad" / "1"
+    shutil.copytree(models.half_plus_two, bad)
+    (bad / "saved_model.pb").write_bytes(b"garbage")
+
+    # when
+    server = start_server(
+        model_config(("hpt", good), ("bad", tmp_path / "bad"),
+                     extra='version_labels { key: "stable" value: 9 }'),
+        max_num_load_retries=0,
+    )  # fmt: skip
+
+    # then: the server is up, the good model serves, the failures are reported
+    assert _served_version(server) == 1
+    assert _load_error(server, "bad", 1)
+    assert "did not become available" in caplog.text
+    assert "Request to assign label to version 9 of model hpt" in caplog.text
+    error = rpc_error(
+        lambda: server.predictions.Predict(
+            predict_request("hpt", [0.0], label="stable"), timeout=DEADLINE
+        )
+    )
+    assert error.details() == "Unrecognized servable version label: stable"
