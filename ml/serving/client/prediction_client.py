@@ -545,21 +545,13 @@ def _ranked_lists(response: Any, rows: int, requested_name: str) -> list[Recomme
     lists = []
     for row in range(rows):
         start = row * width
-        pairs = [
-            (item_id, score)
-            for item_id, score in zip(
-                item_ids[start : start + width], scores[start : start + width], strict=True
-            )
-            if item_id  # "" is padding (fewer candidates than k)
-        ]
-        lists.append(
-            Recommendations(
-                model_name=name,
-                model_version=version,
-                item_ids=tuple(item_id for item_id, _ in pairs),
-                scores=tuple(score for _, score in pairs),
-            )
-        )
+        row_ids = item_ids[start : start + width]
+        row_scores = scores[start : start + width]
+        if "" in row_ids:  # padding: fewer candidates than k
+            kept = [index for index, item_id in enumerate(row_ids) if item_id]
+            row_ids = [row_ids[index] for index in kept]
+            row_scores = [row_scores[index] for index in kept]
+        lists.append(Recommendations(name, version, tuple(row_ids), tuple(row_scores)))
     return lists
 
 
