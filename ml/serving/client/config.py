@@ -4,6 +4,7 @@ text file given to `--model_config_file`)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from google.protobuf import text_format
 
@@ -13,7 +14,8 @@ from ml.serving.client.results import ModelConfig
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
 
 
-def model_server_config(models: Iterable[ModelConfig]) -> ModelServerConfig:
+def model_server_config(models: Iterable[ModelConfig]) -> Any:
+    """A `tensorflow.serving.ModelServerConfig` message (the very class TF Serving's API uses)."""
     config = ModelServerConfig()
     entries = config.model_config_list.config
     names: set[str] = set()

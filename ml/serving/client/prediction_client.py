@@ -487,7 +487,7 @@ class PredictionClient:
 
     def reload_config(
         self,
-        models: Iterable[ModelConfig] | ModelServerConfig,
+        models: Iterable[ModelConfig] | Any,
         *,
         timeout: float | None = None,
     ) -> None:

@@ -79,6 +79,8 @@ def load_proto_module(name: str) -> types.ModuleType:
                 name=name,
             )
         code = SourceFileLoader(name, path).get_code(name)
+        if code is None:
+            raise ImportError(f"{name}: no code in {path}", name=name)
         module = types.ModuleType(name)
         module.__file__ = path
         module.__builtins__ = _PRIVATE_BUILTINS  # type: ignore[attr-defined]

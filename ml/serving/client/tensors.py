@@ -10,15 +10,18 @@ from __future__ import annotations
 import array
 import sys
 from collections.abc import Sequence
+from typing import Any, TypeAlias
 
 from ml.serving.client.errors import ModelResponseError
 from ml.serving.client.protos import tensor_pb2, types_pb2
 
+# The classes are built at run time (see protos.py), so type checkers see them as Any.
+Tensor: TypeAlias = Any
 TensorProto = tensor_pb2.TensorProto
 PAD = ""
 
 
-def _empty(into: TensorProto | None, dtype: int) -> TensorProto:
+def _empty(into: Tensor | None, dtype: int) -> Tensor:
     """`into` (e.g. `request.inputs["history"]`, filled in place: no copy) or a new tensor."""
     tensor = TensorProto() if into is None else into
     tensor.Clear()
@@ -26,9 +29,7 @@ def _empty(into: TensorProto | None, dtype: int) -> TensorProto:
     return tensor
 
 
-def string_matrix(
-    rows: Sequence[Sequence[str]], width: int, into: TensorProto | None = None
-) -> TensorProto:
+def string_matrix(rows: Sequence[Sequence[str]], width: int, into: Tensor | None = None) -> Tensor:
     """DT_STRING [len(rows), width], each row right-padded with ""."""
     tensor = _empty(into, types_pb2.DT_STRING)
     tensor.tensor_shape.dim.add(size=len(rows))
@@ -42,9 +43,7 @@ def string_matrix(
     return tensor
 
 
-def float_matrix(
-    rows: Sequence[Sequence[float]], width: int, into: TensorProto | None = None
-) -> TensorProto:
+def float_matrix(rows: Sequence[Sequence[float]], width: int, into: Tensor | None = None) -> Tensor:
     """DT_FLOAT [len(rows), width], each row right-padded with 0.0."""
     tensor = _empty(into, types_pb2.DT_FLOAT)
     tensor.tensor_shape.dim.add(size=len(rows))
@@ -57,21 +56,21 @@ def float_matrix(
     return tensor
 
 
-def string_vector(values: Sequence[str], into: TensorProto | None = None) -> TensorProto:
+def string_vector(values: Sequence[str], into: Tensor | None = None) -> Tensor:
     tensor = _empty(into, types_pb2.DT_STRING)
     tensor.tensor_shape.dim.add(size=len(values))
     tensor.string_val.extend(value.encode() for value in values)
     return tensor
 
 
-def int32_scalar(value: int, into: TensorProto | None = None) -> TensorProto:
+def int32_scalar(value: int, into: Tensor | None = None) -> Tensor:
     tensor = _empty(into, types_pb2.DT_INT32)
     tensor.tensor_shape.SetInParent()  # a scalar: shape present, no dims
     tensor.int_val.append(value)
     return tensor
 
 
-def shape_of(tensor: TensorProto) -> tuple[int, ...]:
+def shape_of(tensor: Tensor) -> tuple[int, ...]:
     if tensor.tensor_shape.unknown_rank:
         raise ModelResponseError("tensor of unknown rank in the response")
     return tuple(dim.size for dim in tensor.tensor_shape.dim)
@@ -124,7 +123,7 @@ def _strings_from_content(content: bytes, count: int) -> list[bytes]:
     return values
 
 
-def read_strings(tensor: TensorProto) -> tuple[tuple[int, ...], list[str]]:
+def read_strings(tensor: Tensor) -> tuple[tuple[int, ...], list[str]]:
     """(shape, values in row-major order) of a DT_STRING tensor, decoded as UTF-8."""
     if tensor.dtype != types_pb2.DT_STRING:
         raise ModelResponseError(f"expected DT_STRING, got {types_pb2.DataType.Name(tensor.dtype)}")
@@ -143,7 +142,7 @@ def read_strings(tensor: TensorProto) -> tuple[tuple[int, ...], list[str]]:
 _CONTENT_TYPECODES = {types_pb2.DT_FLOAT: "f", types_pb2.DT_DOUBLE: "d"}
 
 
-def read_floats(tensor: TensorProto) -> tuple[tuple[int, ...], list[float]]:
+def read_floats(tensor: Tensor) -> tuple[tuple[int, ...], list[float]]:
     """(shape, values in row-major order) of a DT_FLOAT or DT_DOUBLE tensor."""
     typecode = _CONTENT_TYPECODES.get(tensor.dtype)
     if typecode is None:
@@ -151,7 +150,7 @@ def read_floats(tensor: TensorProto) -> tuple[tuple[int, ...], list[float]]:
     shape = shape_of(tensor)
     count = _count(shape)
     if tensor.tensor_content:
-        values = array.array(typecode)
+        values: array.array[float] = array.array(typecode)  # type: ignore[assignment]
         if len(tensor.tensor_content) != count * values.itemsize:
             raise ModelResponseError("tensor_content size does not match the tensor's shape")
         values.frombytes(tensor.tensor_content)
