@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -25,6 +26,7 @@ from ml.serving.client.breaker import CircuitBreaker
 from ml.serving.client.config import ModelServerConfig, model_server_config
 from ml.serving.client.errors import (
     TRANSIENT_CODES,
+    CircuitOpen,
     ModelResponseError,
     ModelServerError,
     ModelServerUnavailable,
@@ -46,6 +48,11 @@ from ml.serving.client.tensors import (
     string_matrix,
     string_vector,
 )
+
+logger = logging.getLogger(__name__)
+
+# observer(method, outcome, seconds): see PredictionClient.__init__.
+Observer = Callable[[str, str, float], None]
 
 DEFAULT_TARGET = "localhost:8500"
 DEFAULT_MODEL = "recommender"
@@ -109,6 +116,7 @@ class PredictionClient:
         channel_options: Sequence[tuple[str, Any]] = (),
         recommend_signature: str = RECOMMEND_SIGNATURE,
         similar_signature: str = SIMILAR_SIGNATURE,
+        observer: Observer | None = None,
     ) -> None:
         """
         target: `host:port` of the gRPC API (TF Serving's default port is 8500); any gRPC target
@@ -121,6 +129,9 @@ class PredictionClient:
             a row and lets a probe through after `reset_timeout` seconds.
         keepalive_time: seconds between HTTP/2 pings on an idle connection; at least 300 (TF
             Serving's minimum), None for no pings.
+        observer: called after every call as `observer(method, outcome, seconds)`, with method
+            "predict", "metadata", "status" or "reload" and outcome "OK", a gRPC code name
+            ("UNAVAILABLE", ...), "CIRCUIT_OPEN" or "CLIENT_ERROR": where metrics hook in.
         max_reconnect_backoff: upper bound of gRPC's reconnect backoff (its default is 120 s,
             which would keep a restarted server unused for up to two minutes).
         """
@@ -155,6 +166,7 @@ class PredictionClient:
             channel_options
         )
         self._breaker = CircuitBreaker(failure_threshold, reset_timeout)
+        self._observer = observer
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._channel: grpc.Channel | None = None
@@ -226,6 +238,31 @@ class PredictionClient:
     # --- calls -------------------------------------------------------------------------------
 
     def _call(
+        self, method: str, build: Callable[[], Any], timeout: float | None, *, guarded: bool
+    ) -> Any:
+        observer = self._observer
+        if observer is None:
+            return self._attempt(method, build, timeout, guarded=guarded)
+        started = time.perf_counter()
+        outcome = "OK"
+        try:
+            return self._attempt(method, build, timeout, guarded=guarded)
+        except CircuitOpen:
+            outcome = "CIRCUIT_OPEN"
+            raise
+        except ModelServerError as error:
+            outcome = error.code.name if error.code is not None else "BAD_RESPONSE"
+            raise
+        except BaseException:
+            outcome = "CLIENT_ERROR"
+            raise
+        finally:
+            try:
+                observer(method, outcome, time.perf_counter() - started)
+            except Exception:
+                logger.exception("PredictionClient observer failed")
+
+    def _attempt(
         self, method: str, build: Callable[[], Any], timeout: float | None, *, guarded: bool
     ) -> Any:
         """One RPC within `timeout` seconds, with one retry on UNAVAILABLE inside that budget.

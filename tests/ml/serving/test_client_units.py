@@ -408,3 +408,47 @@ def test_fake_server_answer_without_the_contract_is_loud(scripted):
     client = PredictionClient(target, timeout=5)
     with pytest.raises(ModelResponseError):
         client.recommend(["a"], k=1)
+
+
+def test_fake_server_observer_sees_every_outcome(scripted):
+    # given
+    servicer, target = scripted
+    seen: list[tuple[str, str]] = []
+    client = PredictionClient(
+        target,
+        timeout=5,
+        failure_threshold=1,
+        reset_timeout=60,
+        observer=lambda method, outcome, seconds: seen.append((method, outcome)),
+    )
+
+    # when
+    servicer.script = [answer([["b"]], [[1.0]])]
+    client.recommend(["a"], k=1)
+    servicer.script = [fail(grpc.StatusCode.NOT_FOUND)]
+    with pytest.raises(ModelNotFound):
+        client.recommend(["a"], k=1)
+    servicer.script = [fail(grpc.StatusCode.UNAVAILABLE)]
+    with pytest.raises(ModelServerUnavailable):
+        client.recommend(["a"], k=1)
+    with pytest.raises(CircuitOpen):
+        client.recommend(["a"], k=1)
+
+    # then
+    assert seen == [
+        ("predict", "OK"),
+        ("predict", "NOT_FOUND"),
+        ("predict", "UNAVAILABLE"),
+        ("predict", "CIRCUIT_OPEN"),
+    ]
+
+
+def test_tensorflow_imported_first_means_its_own_modules_are_used():
+    # given: this process imported TensorFlow and tensorflow_serving before the client
+    from tensorflow.core.framework import tensor_pb2
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    # then: no second copy, the very same modules and classes
+    assert protos.predict_pb2 is predict_pb2
+    assert protos.tensor_pb2 is tensor_pb2
+    assert protos.get_model_metadata_pb2.SignatureDefMap is get_model_metadata_pb2.SignatureDefMap
