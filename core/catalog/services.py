@@ -164,12 +164,16 @@ def _existing(model: type[Item] | type[User], external_ids: list[str]) -> int:
 def _lookup(model: type[Item] | type[User], external_ids: list[str]) -> dict[str, int]:
     found: dict[str, int] = {}
     if connection.vendor == "postgresql":
+        # LATERAL: one unique-index probe per id, whatever the statistics say (with `= ANY` the
+        # planner may pick a sequential scan, 5x slower at 200,000 users).
         with pg_cursor() as cursor:
-            cursor.execute(
-                f"SELECT external_id, id FROM {model._meta.db_table} "  # noqa: S608 (our table)
-                "WHERE external_id = ANY(%b)",
-                [external_ids],
+            table = model._meta.db_table
+            sql = (
+                "SELECT t.external_id, t.id FROM unnest(%b::text[]) AS wanted(ext) "  # noqa: S608
+                f"CROSS JOIN LATERAL (SELECT external_id, id FROM {table} "
+                "WHERE external_id = wanted.ext) AS t"
             )
+            cursor.execute(sql, [external_ids])
             found.update(cursor.fetchall())
         return found
     for start in range(0, len(external_ids), 500):  # SQLite's bound-variable limit
@@ -181,9 +185,12 @@ def _lookup(model: type[Item] | type[User], external_ids: list[str]) -> dict[str
     return found
 
 
-def _insert_missing(model: type[Item] | type[User], external_ids: list[str], now: datetime) -> None:
-    # Sorted, so two batches creating the same new ids take their locks in one order (no
-    # deadlock); ON CONFLICT DO NOTHING, so a concurrent creator wins quietly.
+def _insert_missing(
+    model: type[Item] | type[User], external_ids: list[str], now: datetime
+) -> dict[str, int]:
+    """Create bare rows; the ids of those this call created (others were created concurrently).
+    Sorted, so two batches creating the same new ids take their locks in one order (no
+    deadlock); ON CONFLICT DO NOTHING, so a concurrent creator wins quietly."""
     external_ids = sorted(external_ids)
     if connection.vendor == "postgresql":
         table = model._meta.db_table
@@ -193,15 +200,17 @@ def _insert_missing(model: type[Item] | type[User], external_ids: list[str], now
             cursor.execute(
                 f"INSERT INTO {table} (external_id, attributes, created_at, updated_at{extra}) "  # noqa: S608
                 f"SELECT ext, '{{}}'::jsonb, %s, %s{extra_values} "
-                "FROM unnest(%b::text[]) AS ext ON CONFLICT (external_id) DO NOTHING",
+                "FROM unnest(%b::text[]) AS ext ON CONFLICT (external_id) DO NOTHING "
+                "RETURNING external_id, id",
                 [now, now, external_ids],
             )
-        return
+            return dict(cursor.fetchall())
     model.objects.bulk_create(
         [model(external_id=ext, created_at=now, updated_at=now) for ext in external_ids],
         batch_size=500,
         ignore_conflicts=True,
     )
+    return {}
 
 
 def catalog_ids_resolve(
@@ -216,6 +225,8 @@ def catalog_ids_resolve(
     found = _lookup(model, wanted)
     missing = [ext for ext in wanted if ext not in found]
     if missing and create_missing:
-        _insert_missing(model, missing, timezone.now())
-        found.update(_lookup(model, missing))
+        created = _insert_missing(model, missing, timezone.now())
+        found.update(created)
+        if len(created) < len(missing):
+            found.update(_lookup(model, [ext for ext in missing if ext not in created]))
     return found

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -83,18 +84,20 @@ def wait_until(condition, timeout: float, what: str) -> None:
 
 
 def make_events(args: argparse.Namespace, *, prefix: str, count: int, start: int = 0) -> list:
-    rng = random.Random(7)
+    """Live storefront traffic: random UUID idempotency keys (the worst case for the key index),
+    timestamps within the last minute (clients buffer a little), a tenth with attribution."""
+    rng = random.Random(f"{prefix}-{start}")
     now = datetime.now(tz=UTC)
     types = ["view"] * 12 + ["click"] * 5 + ["add_to_cart"] * 2 + ["purchase", "rating"]
     events = []
     for n in range(start, start + count):
         event_type = rng.choice(types)
         event = {
-            "event_id": f"{prefix}-{n}",
+            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
             "user_id": f"user-{rng.randrange(args.users)}",
             "item_id": f"item-{rng.randrange(args.items)}",
             "type": event_type,
-            "timestamp": (now - timedelta(seconds=rng.randrange(3 * 86400))).isoformat(),
+            "timestamp": (now - timedelta(seconds=rng.uniform(0, 60))).isoformat(),
             "session_id": f"s-{rng.randrange(10 * args.users)}",
         }
         if event_type == "rating":

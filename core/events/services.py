@@ -113,21 +113,102 @@ def events_ingest(
     batch = list(unique.values())
     partitions.partitions_ensure(timestamps={event.timestamp for event in batch})
     now = timezone.now()
+    if partitions.is_partitioned() and not use_copy:
+        # Fast path: events whose user and item exist go in one statement (in autocommit it is
+        # its own transaction: one round trip). The rest take the general path below.
+        batch = _store_known_postgresql(batch, now, result)
+        if not batch:
+            return result
     with transaction.atomic():
-        batch = _resolve_ids(batch, result, id_cache)
-        if batch:
+        rows = _resolve_ids(batch, result, id_cache)
+        if rows:
             if partitions.is_partitioned():
-                accepted = _store_postgresql(batch, now, use_copy=use_copy)
+                accepted = _store_postgresql(rows, now, use_copy=use_copy)
             else:
-                accepted = _store_portable(batch, now)
-            result.accepted = accepted
-            result.duplicates += len(batch) - accepted
+                accepted = _store_portable(rows, now)
+            result.accepted += accepted
+            result.duplicates += len(rows) - accepted
             if accepted:
-                user_ids = frozenset(row[1] for row in batch)
+                user_ids = frozenset(row[1] for row in rows)
                 transaction.on_commit(
                     lambda: hooks.events_ingested(accepted=accepted, user_ids=user_ids)
                 )
     return result
+
+
+# Resolve storefront ids, claim keys and store, in one statement. Events naming an unknown user
+# or item are left out (their keys unclaimed) and reported back for the general path.
+_INSERT_KNOWN = f"""
+WITH b AS (
+    SELECT * FROM unnest(
+        %(keys)b::text[], %(user_exts)b::text[], %(item_exts)b::text[], %(session_ids)b::text[],
+        %(types)b::text[], %(values)b::float8[], %(timestamps)b::timestamptz[],
+        %(recommendation_ids)b::text[], %(contexts)b::text[]
+    ) AS b(event_id, user_ext, item_ext, session_id, type, value, timestamp, recommendation_id,
+           context)
+),
+resolved AS (
+    SELECT b.*, u.id AS user_id, i.id AS item_id FROM b
+    CROSS JOIN LATERAL (SELECT id FROM catalog_user WHERE external_id = b.user_ext) AS u
+    CROSS JOIN LATERAL (SELECT id FROM catalog_item WHERE external_id = b.item_ext) AS i
+),
+fresh AS (
+    INSERT INTO events_eventkey (event_id, received_at)
+    SELECT event_id, %(now)s FROM resolved ORDER BY event_id
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+),
+stored AS (
+    INSERT INTO events_event ({_COLUMNS})
+    SELECT r.event_id, r.user_id, r.item_id, r.session_id, r.type, r.value, r.timestamp, %(now)s,
+           r.recommendation_id, r.context::jsonb
+    FROM resolved r JOIN fresh USING (event_id)
+    RETURNING user_id
+)
+SELECT
+    (SELECT count(*) FROM stored),
+    (SELECT count(*) FROM resolved),
+    ARRAY(SELECT DISTINCT user_id FROM stored),
+    CASE WHEN (SELECT count(*) FROM resolved) < %(n)s THEN
+        ARRAY(SELECT b.event_id FROM b LEFT JOIN resolved r USING (event_id)
+              WHERE r.event_id IS NULL)
+    END
+"""  # noqa: S608 (no user input in the SQL text)
+
+
+def _store_known_postgresql(
+    batch: list[EventIn], now: datetime, result: IngestResult
+) -> list[EventIn]:
+    """Store the events whose user and item exist; the others, for the general path."""
+    with pg_cursor() as cursor:
+        cursor.execute(
+            _INSERT_KNOWN,
+            {
+                "now": now,
+                "n": len(batch),
+                "keys": [e.event_id for e in batch],
+                "user_exts": [e.user_id for e in batch],
+                "item_exts": [e.item_id for e in batch],
+                "session_ids": [e.session_id for e in batch],
+                "types": [e.type for e in batch],
+                "values": [e.value for e in batch],
+                "timestamps": [e.timestamp for e in batch],
+                "recommendation_ids": [e.recommendation_id for e in batch],
+                "contexts": [e.context for e in batch],
+            },
+        )
+        accepted, resolved, user_ids, unresolved = cursor.fetchone()
+    result.accepted += accepted
+    result.duplicates += resolved - accepted
+    if accepted:
+        stored_users = frozenset(user_ids)
+        transaction.on_commit(
+            lambda: hooks.events_ingested(accepted=accepted, user_ids=stored_users)
+        )
+    if not unresolved:
+        return []
+    left = set(unresolved)
+    return [event for event in batch if event.event_id in left]
 
 
 # (event, our user id, our item id)
@@ -180,7 +261,11 @@ def _taken_keys(keys: list[str]) -> set[str]:
     """Which of these idempotency keys are already stored."""
     if connection.vendor == "postgresql":
         with pg_cursor() as cursor:
-            cursor.execute("SELECT event_id FROM events_eventkey WHERE event_id = ANY(%b)", [keys])
+            cursor.execute(
+                "SELECT k.event_id FROM unnest(%b::text[]) AS wanted(key) CROSS JOIN LATERAL "
+                "(SELECT event_id FROM events_eventkey WHERE event_id = wanted.key) AS k",
+                [keys],
+            )
             return {row[0] for row in cursor.fetchall()}
     taken: set[str] = set()
     for start in range(0, len(keys), 500):  # SQLite's bound-variable limit

@@ -47,9 +47,14 @@ def wait_until(condition, timeout: float = 10.0) -> None:
 
 @postgresql_only
 @pytest.mark.django_db(transaction=True)
-def test_two_racing_retries_store_each_event_once():
+@pytest.mark.parametrize("catalog", ["known", "created by the first request"])
+def test_two_racing_retries_store_each_event_once(catalog):
     # given: the first request has claimed the keys and not yet committed
     events = batch(200)
+    if catalog == "known":  # the one-statement path; else the general path creates them
+        events_ingest(events=batch(11, prefix="warm-up"))
+        Event.objects.all().delete()
+        EventKey.objects.all().delete()
     first_claimed, release_first = threading.Event(), threading.Event()
     results = {}
 
