@@ -33,7 +33,7 @@ class ModelParams:
     norm_power: float = 0.5  # 0: plain sums, 1: weighted means
     l2: float = 10.0  # ridge penalty on the output embeddings
     svd_oversample: int = 16
-    svd_iterations: int = 4
+    svd_iterations: int = 3
     seed: int = 0
 
     def to_dict(self) -> dict[str, object]:
@@ -93,8 +93,7 @@ def history_features(
     for block, decay in enumerate(decays):
         factor = (weights * np.power(decay, age)).astype(np.float32)
         total = np.bincount(row, weights=factor, minlength=n_rows)
-        summed = np.zeros((n_rows, dim), dtype=np.float32)
-        np.add.at(summed, row, embeddings[items] * factor[:, None])
+        summed = segment_sum(embeddings[items] * factor[:, None], row, n_rows)
         scale = np.power(np.maximum(total, 1e-12), -norm_power).astype(np.float32)
         scale[total <= 0] = 0.0
         out[:, block * dim : (block + 1) * dim] = summed * scale[:, None]
@@ -152,8 +151,8 @@ class _Statistics:
         gram = np.zeros((features, features), dtype=np.float64)
         cross = np.zeros((n_items, features), dtype=np.float64)
         for z, targets in _training_positions(train, basis, params):
-            gram += z.T.astype(np.float64) @ z
-            np.add.at(cross, targets, z)
+            gram += (z.T @ z).astype(np.float64)
+            cross += segment_sum(z, targets, n_items)
         return cls(train, params, basis, gram, cross)
 
     def solve(self, l2: float) -> TrainedModel:
@@ -176,20 +175,16 @@ class _Statistics:
 def item_basis(train: Sequences, dim: int, params: ModelParams) -> np.ndarray:
     """Top ``dim`` right singular vectors of the binary user x item matrix (randomized SVD)."""
     rng = np.random.default_rng(params.seed)
-    rows = train.user_of_entry
+    rows = train.user_of_entry  # sorted
     cols = train.items.astype(np.int64)
     n_users, n_items = train.n_users, train.n_items
     rank = min(dim + params.svd_oversample, n_items, max(n_users, 1))
 
     def times(matrix: np.ndarray) -> np.ndarray:  # X @ matrix, (n_users, r)
-        out = np.zeros((n_users, matrix.shape[1]), dtype=np.float32)
-        np.add.at(out, rows, matrix[cols])
-        return out
+        return gather_sum(matrix, cols, rows, n_users)
 
     def times_transposed(matrix: np.ndarray) -> np.ndarray:  # X.T @ matrix, (n_items, r)
-        out = np.zeros((n_items, matrix.shape[1]), dtype=np.float32)
-        np.add.at(out, cols, matrix[rows])
-        return out
+        return gather_sum(matrix, rows, cols, n_items)
 
     sketch = times(rng.standard_normal((n_items, rank)).astype(np.float32))
     for _ in range(params.svd_iterations):
@@ -249,6 +244,28 @@ def _training_positions(
             total[b, :active] = total[b, :active] * decays[b] + w
     if pending:
         yield np.concatenate(pending_z), np.concatenate(pending_t)
+
+
+def segment_sum(values: np.ndarray, segments: np.ndarray, n_segments: int) -> np.ndarray:
+    """Rows of ``values`` (2-D) summed by ``segments`` -> (n_segments, columns).
+
+    One ``bincount`` per column: much faster than ``np.add.at`` or a 2-D ``reduceat`` over many
+    short segments, and no sorting needed.
+    """
+    columns = np.ascontiguousarray(values.T)
+    out = np.empty((values.shape[1], n_segments), dtype=values.dtype)
+    for column in range(columns.shape[0]):
+        out[column] = np.bincount(segments, weights=columns[column], minlength=n_segments)
+    return out.T
+
+
+def gather_sum(matrix: np.ndarray, rows: np.ndarray, segments: np.ndarray, n: int) -> np.ndarray:
+    """``segment_sum(matrix[rows], segments, n)`` without materialising the row-major gather."""
+    columns = np.ascontiguousarray(matrix.T)
+    out = np.empty((matrix.shape[1], n), dtype=matrix.dtype)
+    for column in range(columns.shape[0]):
+        out[column] = np.bincount(segments, weights=columns[column][rows], minlength=n)
+    return np.ascontiguousarray(out.T)
 
 
 def _count_longer(sorted_desc: np.ndarray, t: int) -> int:
