@@ -1,22 +1,44 @@
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from .models import Item, User
+from .services import item_delete, user_forget
 
 
 @admin.register(Item)
 class ItemAdmin(admin.ModelAdmin):
+    """Deleting here is the API's delete: the item leaves the catalog and every recommendation,
+    its row stays (events refer to it)."""
+
     list_display = ["external_id", "title", "category", "price", "available", "deleted_at"]
     list_filter = ["available", ("deleted_at", admin.EmptyFieldListFilter)]
     search_fields = ["=external_id", "title"]
-    readonly_fields = ["created_at", "updated_at"]
+    readonly_fields = ["created_at", "updated_at", "deleted_at"]
     show_full_result_count = False
     ordering = ["-id"]
+
+    def delete_model(self, request: HttpRequest, obj: Item) -> None:
+        item_delete(external_id=obj.external_id)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Item]) -> None:
+        for external_id in queryset.values_list("external_id", flat=True):
+            item_delete(external_id=external_id)
 
 
 @admin.register(User)
 class UserAdmin(admin.ModelAdmin):
+    """Deleting here is the right to be forgotten (`user_forget`): events and features go too."""
+
     list_display = ["external_id", "created_at", "updated_at"]
     search_fields = ["=external_id"]
     readonly_fields = ["created_at", "updated_at"]
     show_full_result_count = False
     ordering = ["-id"]
+
+    def delete_model(self, request: HttpRequest, obj: User) -> None:
+        user_forget(external_id=obj.external_id)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        for external_id in queryset.values_list("external_id", flat=True):
+            user_forget(external_id=external_id)

@@ -77,16 +77,24 @@ def parse_mapping(text: str | None) -> dict[str, str]:
     return mapping
 
 
-def _number(text: str) -> Any:
+def _value(text: str) -> Any:
     if not text:
         return None
     try:
-        return int(text)
+        return float(text)
     except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            return text  # the validator names the problem
+        return text  # the validator names the problem
+
+
+def _timestamp(text: str) -> Any:
+    if not text:
+        return None
+    if text.isdigit():
+        return int(text)  # epoch seconds, the MovieLens way
+    try:
+        return float(text)
+    except ValueError:
+        return text  # ISO 8601, or garbage the validator names
 
 
 def _event_id(text: str) -> str:
@@ -115,11 +123,12 @@ def _csv_rows(
             f"column(s) {', '.join(missing)} not in the header ({', '.join(header)})"
         )
     positions = [(target, header.index(source)) for target, source in mapping.items()]
-    numeric = {"value", "timestamp"}
     converters: list[tuple[str, int, Callable[[str], Any]]] = []
     for target, position in positions:
-        if target in numeric:
-            converters.append((target, position, _number))
+        if target == "value":
+            converters.append((target, position, _value))
+        elif target == "timestamp":
+            converters.append((target, position, _timestamp))
         elif target == "context":
             converters.append((target, position, lambda text: orjson.loads(text) if text else None))
         else:
