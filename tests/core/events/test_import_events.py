@@ -112,3 +112,21 @@ def test_outside_a_transaction_chunks_are_stored_by_a_writer_thread(tmp_path):
     assert "read 250, accepted 250, duplicates 0, rejected 0" in out
     assert "accepted 0, duplicates 250" in again
     assert Event.objects.count() == 250
+
+
+def test_events_load_takes_api_shaped_dicts_for_generated_data():
+    from core.events.importing import events_load
+
+    generated = [
+        {"user_id": "u1", "item_id": "i1", "type": "view", "timestamp": 1_700_000_000},
+        {"user_id": "u1", "item_id": "i2", "type": "purchase", "value": 9.5},
+        {"user_id": "u2", "item_id": "i1", "type": "zap"},
+    ]
+
+    first = events_load(events=generated)
+    again = events_load(events=generated)
+
+    assert (first.accepted, first.rejected) == (2, 1)
+    assert [(e.index, e.code) for e in first.errors] == [(2, "unknown_type")]
+    assert again.duplicates == 2
+    assert Event.objects.count() == 2
