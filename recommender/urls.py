@@ -8,6 +8,8 @@ api_v1 = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularRedocView.as_view(url_name="schema"), name="docs"),
     path("", include("core.system.urls")),
+    # Before the catalog: its item and user routes take any path after items/ and users/.
+    path("", include("core.recommendations.urls")),
     path("", include("core.catalog.urls")),
     path("", include("core.events.urls")),
 ]

@@ -40,3 +40,9 @@ def business_rules_active(
     if now is None:
         _rules_cache = (time.monotonic() + RULES_TTL_SECONDS, rules)
     return rules
+
+
+def business_rules_cache_clear() -> None:
+    """Make the next read see the database (after an edit in this process; tests)."""
+    global _rules_cache
+    _rules_cache = None

@@ -1,0 +1,191 @@
+"""The serving path's view of the model: one process-wide client, answers cached per (model,
+history), and every transient failure turned into `ModelUnavailable` for the fallback tiers."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.core.cache import cache
+
+from ml.serving.client import ModelServerError, ModelServerUnavailable, PredictionClient
+
+from .ranking import Candidate
+
+if TYPE_CHECKING:
+    from .sources import HistoryEntry
+
+logger = logging.getLogger(__name__)
+
+# How deep the model ranks when it orders a caller's candidates (POST /rank).
+RANK_DEPTH = 1000
+# Bumped whenever what "the model" means changes (a push, promotion or rollback), so cached
+# answers of the previous model are never served after a switch.
+GENERATION_KEY = "recommendations:model-generation"
+# Leave this much of the budget for filtering and rules after the model answers.
+_BUDGET_RESERVE_SECONDS = 0.005
+_MIN_CALL_SECONDS = 0.002
+
+
+class ModelUnavailable(Exception):
+    """No model answer within the budget: serve a fallback tier."""
+
+
+@dataclass(frozen=True)
+class ModelAnswer:
+    candidates: list[Candidate]
+    model_name: str
+    model_version: int | None
+    cached: bool
+
+
+_client: PredictionClient | None = None
+_client_lock = threading.Lock()
+
+
+def client() -> PredictionClient:
+    """The process's client (its channel is made lazily, and again after a fork)."""
+    global _client
+    if _client is None:
+        with _client_lock:
+            if _client is None:
+                _client = PredictionClient(
+                    settings.MODEL_SERVER_TARGET,
+                    model_name=settings.MODEL_NAME,
+                    timeout=settings.MODEL_SERVER_TIMEOUT_MS / 1000,
+                    failure_threshold=settings.MODEL_SERVER_BREAKER_FAILURES,
+                    reset_timeout=settings.MODEL_SERVER_BREAKER_SECONDS,
+                )
+    return _client
+
+
+def reset_client() -> None:
+    """Forget the client (tests that move the model server; settings changes)."""
+    global _client
+    with _client_lock:
+        if _client is not None:
+            _client.close()
+        _client = None
+
+
+def model_generation() -> int:
+    try:
+        return int(cache.get(GENERATION_KEY) or 0)
+    except Exception:
+        return 0
+
+
+def model_generation_bump() -> None:
+    try:
+        cache.incr(GENERATION_KEY)
+    except ValueError:
+        cache.set(GENERATION_KEY, 1, timeout=None)
+    except Exception:
+        logger.warning("could not bump the model generation", exc_info=True)
+
+
+def _cache_key(kind: str, label: str | None, payload: str, k: int) -> str:
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:32]
+    return f"model:{kind}:{settings.MODEL_NAME}:{label or '-'}:{model_generation()}:{k}:{digest}"
+
+
+def _cached(key: str) -> ModelAnswer | None:
+    try:
+        value = cache.get(key)
+    except Exception:
+        return None
+    if not value:
+        return None
+    name, version, items = value
+    return ModelAnswer([Candidate(i, s) for i, s in items], name, version, cached=True)
+
+
+def _remember(key: str, answer: ModelAnswer) -> None:
+    if settings.RECOMMENDATIONS_CACHE_TTL_SECONDS <= 0:
+        return
+    value = (
+        answer.model_name,
+        answer.model_version,
+        [(c.item_id, c.score) for c in answer.candidates],
+    )
+    try:
+        cache.set(key, value, timeout=settings.RECOMMENDATIONS_CACHE_TTL_SECONDS)
+    except Exception:
+        logger.warning("could not cache a model answer", exc_info=True)
+
+
+def _call_timeout(budget_seconds: float) -> float:
+    remaining = budget_seconds - _BUDGET_RESERVE_SECONDS
+    if remaining < _MIN_CALL_SECONDS:
+        raise ModelUnavailable("no budget left for the model")
+    return remaining
+
+
+def _log_failure(exc: Exception) -> None:
+    # Down or slow is expected now and then; anything else (a model that breaks the serving
+    # contract, a bad request) is a bug someone must see, but the storefront still gets a list.
+    if isinstance(exc, ModelServerUnavailable):
+        logger.warning("model server unavailable: %s", exc)
+    else:
+        logger.error("model server refused the request: %s", exc)
+
+
+def recommend(
+    history: Sequence[HistoryEntry], *, k: int, budget_seconds: float, label: str | None = None
+) -> ModelAnswer:
+    ids = [entry.item_id for entry in history]
+    weights = [float(entry.weight) for entry in history]
+    key = _cache_key(
+        "rec", label, "\x1f".join(f"{i}\x1e{w:g}" for i, w in zip(ids, weights, strict=True)), k
+    )
+    hit = _cached(key)
+    if hit is not None:
+        return hit
+    try:
+        result = client().recommend(
+            ids, weights, k, label=label, timeout=_call_timeout(budget_seconds)
+        )
+    except ModelServerError as exc:
+        _log_failure(exc)
+        raise ModelUnavailable(str(exc)) from exc
+    answer = ModelAnswer(
+        [Candidate(i, s) for i, s in zip(result.item_ids, result.scores, strict=True)],
+        result.model_name,
+        result.model_version,
+        cached=False,
+    )
+    _remember(key, answer)
+    return answer
+
+
+def similar(
+    item_id: str, *, k: int, budget_seconds: float, label: str | None = None
+) -> ModelAnswer:
+    key = _cache_key("sim", label, item_id, k)
+    hit = _cached(key)
+    if hit is not None:
+        return hit
+    try:
+        (result,) = client().similar(
+            [item_id], k, label=label, timeout=_call_timeout(budget_seconds)
+        )
+    except ModelServerError as exc:
+        _log_failure(exc)
+        raise ModelUnavailable(str(exc)) from exc
+    answer = ModelAnswer(
+        [
+            Candidate(i, s)
+            for i, s in zip(result.item_ids, result.scores, strict=True)
+            if i != item_id
+        ],
+        result.model_name,
+        result.model_version,
+        cached=False,
+    )
+    _remember(key, answer)
+    return answer

@@ -1,0 +1,390 @@
+"""The storefront's read path: request -> history -> model (or a fallback tier) -> filters ->
+business rules -> diversity -> a stored list served page by page, each page logged.
+
+Tiers, in order, within the request's latency budget: the model (its answer cached per model and
+history), the last list the model made for this shopper, co-occurrence neighbours of the history,
+popular in the category, popular overall. A dead model server costs microseconds (the client's
+circuit breaker) and never a 5xx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.core.cache import cache
+
+from core.registry.selectors import business_rules_active
+
+from . import model_gateway, sources
+from .models import Impression
+from .ranking import Candidate, RuleKind, apply_rules, diversify
+
+logger = logging.getLogger(__name__)
+
+SOURCE_MODEL = "model"
+SOURCE_CACHE = "cache"
+
+
+class ListExpired(LookupError):
+    """A page of a list that is not stored (any more) was asked for."""
+
+
+class UnknownItem(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class StoredList:
+    recommendation_id: str
+    surface: str
+    user_id: str
+    model_name: str
+    model_version: int | None
+    source: str
+    items: list[Candidate]
+
+
+@dataclass(frozen=True)
+class ServedPage:
+    recommendation_id: str
+    model_name: str
+    model_version: int | None
+    source: str
+    items: list[Candidate]
+    page: int
+    offset: int
+    has_more: bool
+
+
+@dataclass
+class _Budget:
+    seconds: float
+    started: float = field(default_factory=time.monotonic)
+
+    def remaining(self) -> float:
+        return self.seconds - (time.monotonic() - self.started)
+
+
+def _list_key(recommendation_id: str) -> str:
+    return f"reclist:{recommendation_id}"
+
+
+def _last_good_key(user_id: str) -> str:
+    return f"reclast:{hashlib.sha1(user_id.encode()).hexdigest()}"  # noqa: S324 (a cache key)
+
+
+def _safe_cache_get(key: str):
+    try:
+        return cache.get(key)
+    except Exception:  # Redis down: serve without the cache, /readyz says so
+        logger.warning("cache unavailable for get", exc_info=True)
+        return None
+
+
+def _safe_cache_set(key: str, value, timeout: int) -> None:
+    try:
+        cache.set(key, value, timeout=timeout)
+    except Exception:
+        logger.warning("cache unavailable for set", exc_info=True)
+
+
+def _store_list(stored: StoredList) -> None:
+    payload = {
+        "surface": stored.surface,
+        "user_id": stored.user_id,
+        "model_name": stored.model_name,
+        "model_version": stored.model_version,
+        "source": stored.source,
+        "items": [(c.item_id, c.score) for c in stored.items],
+    }
+    _safe_cache_set(
+        _list_key(stored.recommendation_id), payload, settings.RECOMMENDATIONS_LIST_TTL_SECONDS
+    )
+
+
+def _load_list(recommendation_id: str) -> StoredList | None:
+    payload = _safe_cache_get(_list_key(recommendation_id))
+    if not payload:
+        return None
+    return StoredList(
+        recommendation_id=recommendation_id,
+        surface=payload["surface"],
+        user_id=payload["user_id"],
+        model_name=payload["model_name"],
+        model_version=payload["model_version"],
+        source=payload["source"],
+        items=[Candidate(item_id, score) for item_id, score in payload["items"]],
+    )
+
+
+def _serve_page(stored: StoredList, *, page: int, count: int) -> ServedPage:
+    offset = (page - 1) * count
+    items = stored.items[offset : offset + count]
+    served = ServedPage(
+        recommendation_id=stored.recommendation_id,
+        model_name=stored.model_name,
+        model_version=stored.model_version,
+        source=stored.source,
+        items=items,
+        page=page,
+        offset=offset,
+        has_more=offset + count < len(stored.items),
+    )
+    _log_impression(stored, served)
+    return served
+
+
+def _log_impression(stored: StoredList, served: ServedPage) -> None:
+    try:
+        Impression.objects.update_or_create(
+            recommendation_id=served.recommendation_id,
+            page=served.page,
+            defaults={
+                "surface": stored.surface,
+                "user_external_id": stored.user_id[:255],
+                "model_name": stored.model_name,
+                "model_version": stored.model_version,
+                "source": stored.source,
+                "item_ids": [c.item_id for c in served.items],
+                "offset": served.offset,
+            },
+        )
+    except Exception:  # an impression lost is better than a storefront without recommendations
+        logger.exception("could not log impression %s", served.recommendation_id)
+
+
+def _finish(
+    *,
+    surface: str,
+    user_id: str,
+    ranked: Sequence[Candidate],
+    model_name: str,
+    model_version: int | None,
+    source: str,
+    exclude: set[str],
+    category: str | None,
+    count: int,
+    page: int,
+    diversity: bool = True,
+) -> ServedPage:
+    """Filters, rules, diversity; store the list; serve the asked page."""
+    rules = business_rules_active()
+    pinned = {item_id for rule in rules if rule.kind is RuleKind.PIN for item_id in rule.item_ids}
+    candidates = [c for c in ranked if c.item_id not in exclude]
+    categories = sources.recommendable_categories(
+        {c.item_id for c in candidates} | (pinned - exclude)
+    )
+    if category:
+        categories = {
+            item_id: item_category
+            for item_id, item_category in categories.items()
+            if item_category == category or item_category.startswith(category + "/")
+        }
+    candidates = [c for c in candidates if c.item_id in categories]
+    candidates = apply_rules(candidates, rules, categories)
+    if diversity:
+        candidates = diversify(candidates, categories, settings.RECOMMENDATIONS_MAX_PER_CATEGORY)
+    stored = StoredList(
+        recommendation_id=uuid.uuid4().hex,
+        surface=surface,
+        user_id=user_id,
+        model_name=model_name,
+        model_version=model_version,
+        source=source,
+        items=candidates[: settings.RECOMMENDATIONS_LIST_LENGTH],
+    )
+    _store_list(stored)
+    return _serve_page(stored, page=page, count=count)
+
+
+def recommendations_page(
+    *, recommendation_id: str, user_id: str, page: int, count: int
+) -> ServedPage:
+    """The next page of a list served before: the same order, no item repeated."""
+    stored = _load_list(recommendation_id)
+    if stored is None or stored.user_id != user_id:
+        raise ListExpired(recommendation_id)
+    return _serve_page(stored, page=page, count=count)
+
+
+def _fallback(
+    *, history: Sequence[sources.HistoryEntry], category: str | None, user_id: str, want: int
+) -> tuple[list[Candidate], str]:
+    last_good = _safe_cache_get(_last_good_key(user_id)) if user_id else None
+    if last_good:
+        return [Candidate(item_id, score) for item_id, score in last_good], "fallback:last_good"
+    if history:
+        neighbours = sources.neighbour_items([entry.item_id for entry in history], limit=want)
+        if neighbours:
+            return neighbours, "fallback:similar"
+    if category:
+        popular = sources.popular_items(category=category, window=None, limit=want)
+        if popular:
+            return popular, "fallback:popular_category"
+    return sources.popular_items(category=None, window=None, limit=want), "fallback:popular"
+
+
+def recommendations_for_user(
+    *,
+    user_id: str,
+    count: int,
+    category: str | None = None,
+    exclude: Sequence[str] = (),
+    session_items: Sequence[str] = (),
+    page: int = 1,
+) -> ServedPage:
+    """A fresh list for a shopper (known or not) and its `page`-th page."""
+    budget = _Budget(settings.RECOMMENDATIONS_BUDGET_MS / 1000)
+    history = sources.user_history(user_id) if user_id else []
+    history = history + [
+        sources.HistoryEntry(item_id, sources.SESSION_WEIGHT) for item_id in session_items
+    ]
+    history = history[-settings.RECOMMENDATIONS_HISTORY_LENGTH :]
+    excluded = set(exclude) | sources.items_not_to_repeat(user_id)
+    want = settings.RECOMMENDATIONS_LIST_LENGTH + len(excluded)
+    if category:
+        want *= 4  # a category filter keeps a fraction of the model's list
+
+    model_name, model_version = settings.MODEL_NAME, None
+    if not history:
+        ranked = sources.popular_items(category=category, window=None, limit=want)
+        source = "fallback:popular_category" if category else "fallback:popular"
+    else:
+        try:
+            answer = model_gateway.recommend(history, k=want, budget_seconds=budget.remaining())
+        except model_gateway.ModelUnavailable as exc:
+            logger.warning("model unavailable, serving a fallback: %s", exc)
+            ranked, source = _fallback(
+                history=history, category=category, user_id=user_id, want=want
+            )
+        else:
+            ranked, source = answer.candidates, SOURCE_CACHE if answer.cached else SOURCE_MODEL
+            model_name, model_version = answer.model_name, answer.model_version
+            if user_id and not answer.cached:
+                _safe_cache_set(
+                    _last_good_key(user_id),
+                    [(c.item_id, c.score) for c in ranked],
+                    settings.RECOMMENDATIONS_LIST_TTL_SECONDS * 48,
+                )
+    excluded |= {entry.item_id for entry in history}
+    return _finish(
+        surface="user",
+        user_id=user_id,
+        ranked=ranked,
+        model_name=model_name,
+        model_version=model_version,
+        source=source,
+        exclude=excluded,
+        category=category,
+        count=count,
+        page=page,
+    )
+
+
+def similar_items(*, item_id: str, count: int, exclude: Sequence[str] = ()) -> ServedPage:
+    if not sources.item_exists(item_id):
+        raise UnknownItem(item_id)
+    budget = _Budget(settings.RECOMMENDATIONS_BUDGET_MS / 1000)
+    want = settings.RECOMMENDATIONS_LIST_LENGTH
+    model_name, model_version = settings.MODEL_NAME, None
+    try:
+        answer = model_gateway.similar(item_id, k=want, budget_seconds=budget.remaining())
+        ranked, source = answer.candidates, SOURCE_CACHE if answer.cached else SOURCE_MODEL
+        model_name, model_version = answer.model_name, answer.model_version
+    except model_gateway.ModelUnavailable as exc:
+        logger.warning("model unavailable for similar items: %s", exc)
+        ranked, source = [], ""
+    if not ranked:
+        ranked, source = sources.neighbour_items([item_id], limit=want), "fallback:similar"
+    if not ranked:
+        item_category = sources.recommendable_categories({item_id}).get(item_id)
+        ranked = sources.popular_items(category=item_category or None, window=None, limit=want)
+        source = "fallback:popular_category" if item_category else "fallback:popular"
+    return _finish(
+        surface="similar",
+        user_id="",
+        ranked=ranked,
+        model_name=model_name,
+        model_version=model_version,
+        source=source,
+        exclude=set(exclude) | {item_id},
+        category=None,
+        count=count,
+        page=1,
+        diversity=False,
+    )
+
+
+def popular(*, category: str | None, window: str | None, count: int) -> ServedPage:
+    ranked = sources.popular_items(
+        category=category, window=window, limit=settings.RECOMMENDATIONS_LIST_LENGTH
+    )
+    return _finish(
+        surface="popular",
+        user_id="",
+        ranked=ranked,
+        model_name="",
+        model_version=None,
+        source=f"popular:{window or 'all'}",
+        exclude=set(),
+        category=category,
+        count=count,
+        page=1,
+        diversity=False,
+    )
+
+
+def rank_for_user(
+    *, user_id: str, item_ids: Sequence[str], session_items: Sequence[str] = ()
+) -> ServedPage:
+    """The given candidates in personal order. Candidates the model does not rank within its
+    depth follow in popularity order; unknown or unavailable candidates are dropped."""
+    budget = _Budget(settings.RECOMMENDATIONS_BUDGET_MS / 1000)
+    history = sources.user_history(user_id) if user_id else []
+    history = history + [
+        sources.HistoryEntry(item_id, sources.SESSION_WEIGHT) for item_id in session_items
+    ]
+    history = history[-settings.RECOMMENDATIONS_HISTORY_LENGTH :]
+    model_name, model_version, source = settings.MODEL_NAME, None, "fallback:popular"
+    order: dict[str, float] = {}
+    if history:
+        try:
+            answer = model_gateway.recommend(
+                history, k=model_gateway.RANK_DEPTH, budget_seconds=budget.remaining()
+            )
+            order = {c.item_id: c.score for c in answer.candidates}
+            model_name, model_version = answer.model_name, answer.model_version
+            source = SOURCE_CACHE if answer.cached else SOURCE_MODEL
+        except model_gateway.ModelUnavailable as exc:
+            logger.warning("model unavailable for ranking: %s", exc)
+    popularity = {
+        c.item_id: c.score for c in sources.popular_items(category=None, window=None, limit=10_000)
+    }
+    unique = list(dict.fromkeys(item_ids))
+    ranked = sorted(
+        unique,
+        key=lambda item_id: (
+            item_id not in order,
+            -order.get(item_id, 0.0),
+            -popularity.get(item_id, 0.0),
+        ),
+    )
+    scored = [Candidate(item_id, order.get(item_id, 0.0)) for item_id in ranked]
+    categories = sources.recommendable_categories(set(unique))
+    kept = [c for c in scored if c.item_id in categories]
+    stored = StoredList(
+        recommendation_id=uuid.uuid4().hex,
+        surface="rank",
+        user_id=user_id,
+        model_name=model_name,
+        model_version=model_version,
+        source=source,
+        items=kept,
+    )
+    return _serve_page(stored, page=1, count=max(1, len(kept)))
