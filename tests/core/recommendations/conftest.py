@@ -3,9 +3,8 @@ vocabulary is the test catalog: item-0 ... item-39."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import itertools
+from datetime import UTC, datetime
 
 import pytest
 
