@@ -99,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=os.environ.get("MODEL_SERVER_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # TensorFlow's loader logs deprecation notices and every variable restore: keep errors only.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     options = options_from_args(argv)
     server = ModelServer(options)
     try:

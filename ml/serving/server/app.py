@@ -119,11 +119,13 @@ class ModelServer:
             ],
         )
         add_servicers(self._grpc_server, self.handlers)
-        self.grpc_port = self._grpc_server.add_insecure_port(
-            f"{self.options.host}:{self.options.port}"
-        )
+        address = f"{self.options.host}:{self.options.port}"
+        try:
+            self.grpc_port = self._grpc_server.add_insecure_port(address)
+        except RuntimeError as error:  # grpcio raises where older versions returned 0
+            raise OSError(f"Could not bind gRPC port {address}: {error}") from None
         if self.grpc_port == 0:
-            raise OSError(f"Could not bind gRPC port {self.options.host}:{self.options.port}")
+            raise OSError(f"Could not bind gRPC port {address}")
         self._grpc_server.start()
         logger.info("Running gRPC ModelServer at %s:%d ...", self.options.host, self.grpc_port)
         if self.options.rest_api_port is not None:

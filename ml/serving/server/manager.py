@@ -65,7 +65,7 @@ class ModelRecord:
     versions: dict[int, VersionRecord] = field(default_factory=dict)
     on_disk: dict[int, str] = field(default_factory=dict)
     removed: bool = False
-    missing_base_path_logged: bool = False
+    scan_problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -297,26 +297,19 @@ class ModelManager:
 
     def _reconcile_model(self, name: str, record: ModelRecord, *, scan: bool) -> None:
         if scan and not record.removed:
+            problem = None
             try:
                 on_disk = scan_versions(record.config.base_path)
-                record.missing_base_path_logged = False
             except OSError as error:
-                if not record.missing_base_path_logged:
-                    logger.warning(
-                        "File system storage path %s of model %s cannot be read: %s",
-                        record.config.base_path,
-                        name,
-                        error,
-                    )
-                    record.missing_base_path_logged = True
                 on_disk = {}
-            if not on_disk and not record.missing_base_path_logged:
-                logger.warning(
-                    "No versions of servable %s found under base path %s",
-                    name,
-                    record.config.base_path,
-                )
-                record.missing_base_path_logged = True
+                problem = f"File system storage path {record.config.base_path} cannot be read: "
+                problem += str(error)
+            if not on_disk and problem is None:
+                problem = f"No versions found under base path {record.config.base_path}"
+            if problem != record.scan_problem:  # log a problem once, not at every poll
+                if problem is not None:
+                    logger.warning("Model %s: %s", name, problem)
+                record.scan_problem = problem
             with self._lock:
                 for version, version_record in record.versions.items():
                     if version not in on_disk and version_record.error is not None:
