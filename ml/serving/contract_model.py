@@ -63,7 +63,14 @@ class _ContractModel(tf.Module):
             tf.reduce_sum(tf.abs(weights), axis=1, keepdims=True), 1e-6
         )
         scores = tf.matmul(user, self.embeddings, transpose_b=True)
-        seen = tf.reduce_max(tf.one_hot(positions, self.num_items, dtype=tf.float32), axis=1)
+        # [batch, num_items] 1.0 at the history's items, built in O(batch * length)
+        rows = tf.broadcast_to(tf.range(tf.shape(positions)[0])[:, None], tf.shape(positions))
+        indices = tf.stack([rows, tf.cast(tf.maximum(positions, 0), tf.int32)], axis=-1)
+        seen = tf.tensor_scatter_nd_max(
+            tf.zeros([tf.shape(positions)[0], self.num_items]),
+            indices,
+            tf.cast(positions >= 0, tf.float32),
+        )
         return self._top(scores + seen * _NEG, k)
 
     @tf.function(

@@ -567,17 +567,20 @@ def _check_k(k: int) -> None:
 
 def _ranked_lists(response: Any, rows: int, requested_name: str) -> list[Recommendations]:
     outputs = response.outputs
-    missing = [alias for alias in OUTPUTS if alias not in outputs]
-    if missing:
-        raise ModelResponseError(f"Predict answered without outputs {missing}")
-    id_shape, item_ids = read_strings(outputs["item_ids"])
-    score_shape, scores = read_floats(outputs["scores"])
+    try:
+        id_tensor, score_tensor = outputs["item_ids"], outputs["scores"]
+    except KeyError:
+        missing = [alias for alias in OUTPUTS if alias not in outputs]
+        raise ModelResponseError(f"Predict answered without outputs {missing}") from None
+    id_shape, item_ids = read_strings(id_tensor)
+    score_shape, scores = read_floats(score_tensor)
     if id_shape != score_shape or len(id_shape) != 2 or id_shape[0] != rows:
         raise ModelResponseError(
             f"item_ids {list(id_shape)} and scores {list(score_shape)} must both be [{rows}, k]"
         )
-    name = response.model_spec.name or requested_name
-    version = response.model_spec.version.value
+    spec = response.model_spec
+    name = spec.name or requested_name
+    version = spec.version.value
     width = id_shape[1]
     lists = []
     for row in range(rows):

@@ -19,6 +19,8 @@ from ml.serving.client.protos import tensor_pb2, types_pb2
 Tensor: TypeAlias = Any
 TensorProto = tensor_pb2.TensorProto
 PAD = ""
+_DT_STRING = types_pb2.DT_STRING
+_DT_FLOAT = types_pb2.DT_FLOAT
 
 
 def _empty(into: Tensor | None, dtype: int) -> Tensor:
@@ -37,7 +39,7 @@ def string_matrix(rows: Sequence[Sequence[str]], width: int, into: Tensor | None
     values = tensor.string_val
     pad = PAD.encode()
     for row in rows:
-        values.extend(value.encode() for value in row)
+        values.extend([value.encode() for value in row])
         if len(row) < width:
             values.extend([pad] * (width - len(row)))
     return tensor
@@ -59,7 +61,7 @@ def float_matrix(rows: Sequence[Sequence[float]], width: int, into: Tensor | Non
 def string_vector(values: Sequence[str], into: Tensor | None = None) -> Tensor:
     tensor = _empty(into, types_pb2.DT_STRING)
     tensor.tensor_shape.dim.add(size=len(values))
-    tensor.string_val.extend(value.encode() for value in values)
+    tensor.string_val.extend([value.encode() for value in values])
     return tensor
 
 
@@ -71,9 +73,10 @@ def int32_scalar(value: int, into: Tensor | None = None) -> Tensor:
 
 
 def shape_of(tensor: Tensor) -> tuple[int, ...]:
-    if tensor.tensor_shape.unknown_rank:
+    shape = tensor.tensor_shape
+    if shape.unknown_rank:
         raise ModelResponseError("tensor of unknown rank in the response")
-    return tuple(dim.size for dim in tensor.tensor_shape.dim)
+    return tuple([dim.size for dim in shape.dim[:]])
 
 
 def _count(shape: tuple[int, ...]) -> int:
@@ -125,14 +128,17 @@ def _strings_from_content(content: bytes, count: int) -> list[bytes]:
 
 def read_strings(tensor: Tensor) -> tuple[tuple[int, ...], list[str]]:
     """(shape, values in row-major order) of a DT_STRING tensor, decoded as UTF-8."""
-    if tensor.dtype != types_pb2.DT_STRING:
+    if tensor.dtype != _DT_STRING:
         raise ModelResponseError(f"expected DT_STRING, got {types_pb2.DataType.Name(tensor.dtype)}")
     shape = shape_of(tensor)
     count = _count(shape)
-    if tensor.tensor_content:
-        raw = _strings_from_content(tensor.tensor_content, count)
+    content = tensor.tensor_content
+    if content:
+        raw = _strings_from_content(content, count)
     else:
-        raw = _fill(list(tensor.string_val), count, b"")
+        raw = tensor.string_val[:]  # one list: iterating the container is slower
+        if len(raw) != count:
+            raw = _fill(raw, count, b"")
     try:
         return shape, [value.decode() for value in raw]
     except UnicodeDecodeError as error:
@@ -144,18 +150,20 @@ _CONTENT_TYPECODES = {types_pb2.DT_FLOAT: "f", types_pb2.DT_DOUBLE: "d"}
 
 def read_floats(tensor: Tensor) -> tuple[tuple[int, ...], list[float]]:
     """(shape, values in row-major order) of a DT_FLOAT or DT_DOUBLE tensor."""
-    typecode = _CONTENT_TYPECODES.get(tensor.dtype)
+    dtype = tensor.dtype
+    typecode = _CONTENT_TYPECODES.get(dtype)
     if typecode is None:
-        raise ModelResponseError(f"expected DT_FLOAT, got {types_pb2.DataType.Name(tensor.dtype)}")
+        raise ModelResponseError(f"expected DT_FLOAT, got {types_pb2.DataType.Name(dtype)}")
     shape = shape_of(tensor)
     count = _count(shape)
-    if tensor.tensor_content:
+    content = tensor.tensor_content
+    if content:
         values: array.array[float] = array.array(typecode)  # type: ignore[assignment]
-        if len(tensor.tensor_content) != count * values.itemsize:
+        if len(content) != count * values.itemsize:
             raise ModelResponseError("tensor_content size does not match the tensor's shape")
-        values.frombytes(tensor.tensor_content)
+        values.frombytes(content)
         if sys.byteorder != "little":  # TensorFlow writes little-endian
             values.byteswap()
         return shape, values.tolist()
-    typed = tensor.float_val if tensor.dtype == types_pb2.DT_FLOAT else tensor.double_val
-    return shape, _fill(list(typed), count, 0.0)
+    typed = (tensor.float_val if dtype == _DT_FLOAT else tensor.double_val)[:]
+    return shape, typed if len(typed) == count else _fill(typed, count, 0.0)
