@@ -177,8 +177,20 @@ def load_events(
         _check_columns(path, header)
         rows = list(reader)
         _check_row_widths(path, rows, len(header))
-        return interactions_from_events(
-            (dict(zip(header, row, strict=True)) for row in rows), weights=weights
+        if not rows:
+            raise InvalidEventsError(f"{path}: no events (only a header)")
+        columns = dict(zip(header, zip(*rows, strict=True), strict=True))
+        for required in ("user_id", "item_id"):
+            if any(value == "" for value in columns[required]):
+                raise InvalidEventsError(f"{path}: empty {required} in some rows")
+        count = len(rows)
+        kinds = [kind or "view" for kind in columns.get("type", ("view",) * count)]
+        return _build(
+            list(columns["user_id"]),
+            list(columns["item_id"]),
+            kinds,
+            _parse_timestamps(columns.get("timestamp")),
+            _weights_table(weights),
         )
 
 
@@ -227,6 +239,16 @@ def _weights_table(weights: Mapping[str, float] | None) -> dict[str, float]:
     return table
 
 
+def _parse_timestamps(values: tuple[str, ...] | None) -> list[float]:
+    """Column of timestamps: a fast path for plain epoch numbers, then one by one."""
+    if values is None:
+        return []
+    try:
+        return np.asarray(values, dtype=np.float64).tolist()
+    except ValueError:
+        return [_parse_timestamp(value, index) for index, value in enumerate(values)]
+
+
 def _parse_timestamp(value: object, index: int) -> float:
     if value is None or value == "":
         return float(index)  # no time: file order is the order
@@ -257,8 +279,10 @@ def _build(
 ) -> Interactions:
     if not users:
         raise InvalidEventsError("no events: the input holds no rows")
+    if not stamps:
+        stamps = [float(index) for index in range(len(users))]  # no time: file order
     kind_array = np.asarray(kinds, dtype=object)
-    unknown = sorted(set(np.unique(kind_array).tolist()) - set(EVENT_TYPES))
+    unknown = sorted(set(kinds) - set(EVENT_TYPES))
     if unknown:
         raise InvalidEventsError(
             f"unknown event type(s) {', '.join(unknown)}; expected {', '.join(EVENT_TYPES)}"
