@@ -3,8 +3,10 @@
 import os
 
 from celery import Celery
+from celery.schedules import crontab
 
 from recommender.settings.features import FEATURES_NEIGHBOURS_SECONDS, FEATURES_SWEEP_SECONDS
+from recommender.settings.model_server import MODEL_TRAIN_HOUR
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recommender.settings")
 
@@ -29,3 +31,10 @@ app.conf.beat_schedule = {
         "options": {"expires": FEATURES_NEIGHBOURS_SECONDS * 3},
     },
 }
+if MODEL_TRAIN_HOUR >= 0:
+    # Daily: train on stored events and export the next model version.
+    app.conf.beat_schedule["registry-train-model"] = {
+        "task": "registry.train_model",
+        "schedule": crontab(hour=MODEL_TRAIN_HOUR, minute=0),
+        "options": {"expires": 6 * 3600},
+    }

@@ -189,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         manage(env, "load_demo_storefront", *size)
     else:
         say("skipped loading a storefront: ingestion is not built yet")
-    if "rebuild_features" in commands:
-        manage(env, "rebuild_features")
+    if "run_features" in commands:
+        manage(env, "run_features")
     else:
         say("skipped the feature batch: the feature pipeline is not built yet")
     if "train_model" in commands:
@@ -235,12 +235,16 @@ def main(argv: list[str] | None = None) -> int:
         readiness = wait_for_http(f"{base_url}/readyz", supervisor, 120)
         say(f"ready: {', '.join(readiness['checks'])} answer")
 
-        user_id = "demo-user-1"
+        sample = json.loads(
+            manage(env, "load_demo_storefront", "--print-sample", capture=True) or "{}"
+        )
+        user_id = sample.get("user_id") or "demo-user-1"
+        item_id = sample.get("item_id") or "demo-item-1"
         post_event = [
             "curl", "-sS", "-X", "POST", f"{base_url}/api/v1/events",
             "-H", f"Authorization: Bearer {api_key}", "-H", "Content-Type: application/json",
             "-d", json.dumps({"event_id": "demo-evt-1", "user_id": user_id,
-                              "item_id": "item-1", "type": "click"}),
+                              "item_id": item_id, "type": "click"}),
         ]  # fmt: skip
         get_recs = [
             "curl", "-sS", f"{base_url}/api/v1/users/{user_id}/recommendations?count=5",
@@ -263,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         if args.check:
-            return check_commands(base_url, api_key, user_id)
+            return check_commands(base_url, api_key, user_id, item_id)
         while not stop["requested"]:
             supervisor.check_alive()
             time.sleep(0.5)
@@ -272,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         supervisor.stop_all()
 
 
-def check_commands(base_url: str, api_key: str, user_id: str) -> int:
+def check_commands(base_url: str, api_key: str, user_id: str, item_id: str) -> int:
     """What a newcomer would do with the printed commands, with the answers judged."""
     failures = []
     status, body = call("GET", f"{base_url}/api/v1/me", api_key)
@@ -280,14 +284,14 @@ def check_commands(base_url: str, api_key: str, user_id: str) -> int:
         failures.append(f"GET /api/v1/me -> {status} {body}")
     status, body = call(
         "POST", f"{base_url}/api/v1/events", api_key,
-        {"event_id": "demo-evt-1", "user_id": user_id, "item_id": "item-1", "type": "click"},
+        {"event_id": "demo-evt-1", "user_id": user_id, "item_id": item_id, "type": "click"},
     )  # fmt: skip
     if status != 202:
         failures.append(f"POST /api/v1/events -> {status} {body}")
     status, body = call(
         "GET", f"{base_url}/api/v1/users/{user_id}/recommendations?count=5", api_key
     )
-    if status != 200 or not body.get("items"):
+    if status != 200 or not body.get("items") or body.get("source") not in ("model", "cache"):
         failures.append(f"GET recommendations -> {status} {body}")
     for failure in failures:
         say(f"check failed: {failure}")

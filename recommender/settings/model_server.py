@@ -9,3 +9,5 @@ MODEL_SERVER_TIMEOUT_MS = env_int("MODEL_SERVER_TIMEOUT_MS", 50, low=1, high=60_
 # Folder of SavedModels in TF Serving's layout: <repository>/<model name>/<version>/.
 MODEL_REPOSITORY = env_str("MODEL_REPOSITORY", str(VAR_DIR / "models"))
 MODEL_NAME = env_str("MODEL_NAME", "recommender")
+# Daily training from stored events (beat): the hour (UTC) it runs, or -1 for never.
+MODEL_TRAIN_HOUR = env_int("MODEL_TRAIN_HOUR", 3, low=-1, high=23)
