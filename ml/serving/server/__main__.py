@@ -26,6 +26,17 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+IGNORED_FLAGS = (
+    "--enable_batching",
+    "--batching_parameters_file",
+    "--rest_api_num_threads",
+    "--rest_api_timeout_in_ms",
+    "--monitoring_config_file",
+    "--grpc_channel_arguments",
+    "--saved_model_tags",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ml.serving.server",
@@ -66,11 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     add("--grpc_max_threads", type=int, default=16)
     add("--tensorflow_intra_op_parallelism", type=int, default=0)
     add("--tensorflow_inter_op_parallelism", type=int, default=0)
+    # Accepted so that a production command line runs here unchanged; they change nothing.
+    for flag in IGNORED_FLAGS:
+        add(flag, nargs="?", const="true", default=None, help=argparse.SUPPRESS)
     return parser
 
 
 def options_from_args(argv: Sequence[str] | None = None) -> ServerOptions:
     args = build_parser().parse_args(argv)
+    for flag in IGNORED_FLAGS:
+        if getattr(args, flag.removeprefix("--")) is not None:
+            logging.getLogger("ml.serving.server").warning(
+                "%s is accepted for compatibility and ignored by the local server%s",
+                flag,
+                " (metrics are always at /monitoring/prometheus/metrics)"
+                if flag == "--monitoring_config_file"
+                else "",
+            )
     return ServerOptions(
         port=args.port,
         rest_api_port=args.rest_api_port or None,
