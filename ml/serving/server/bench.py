@@ -14,6 +14,7 @@ server as a separate process (as production runs TF Serving), and prints:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import statistics
@@ -112,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--in-flight", type=int, default=8)
     args = parser.parse_args(argv)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    print("load average at start: {:.2f} {:.2f} {:.2f} on {} cores".format(
+        *os.getloadavg(), os.cpu_count()))  # fmt: skip
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-model-server-"))
     export_half_plus_two(str(workdir / "hpt" / "1"))
@@ -204,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             print(f"  under the {THROUGHPUT_TARGET:.0f}/s target")
         channel.close()
+        print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     finally:
         server.terminate()
         server.wait(timeout=30)
