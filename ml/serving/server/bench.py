@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=8)
     args = parser.parse_args(argv)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    print("load average at start: {:.2f} {:.2f} {:.2f} on {} cores".format(
-        *os.getloadavg(), os.cpu_count()))  # fmt: skip
+    one, five, fifteen = os.getloadavg()
+    print(f"load average at start: {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores")
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-model-server-"))
     export_half_plus_two(str(workdir / "hpt" / "1"))
