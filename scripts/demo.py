@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     env.setdefault("DJANGO_SETTINGS_MODULE", "recommender.settings")
     env.setdefault("DJANGO_ENV", "development")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     var_dir = Path(env.setdefault("RECOMMENDER_VAR_DIR", str(ROOT / "var"))).resolve()
     log_dir = var_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
