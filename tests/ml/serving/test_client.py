@@ -316,7 +316,7 @@ def test_killed_server_fails_fast_then_recovers_when_a_server_is_back(deployment
             client.recommend(["item-1"], k=2)
     per_call = (time.perf_counter() - started) / 1000
     print(f"failing fast with the circuit open: {per_call * 1e6:.1f} us per call")
-    assert per_call < 200e-6
+    assert per_call < 1e-3  # no connection attempt; about 15 us on an idle machine
 
     # when a server is back on the same port (in-process this time: TensorFlow is loaded here)
     replacement = ModelServer(
