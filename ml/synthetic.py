@@ -209,9 +209,11 @@ def generate_storefront(
     stages = 1 + clicked + carted + (bought | removed) + rated
     event_visit = np.repeat(np.arange(n_visits), stages)
     stage = np.arange(event_visit.shape[0]) - np.repeat(np.cumsum(stages) - stages, stages)
-    kinds = np.array(["view", "click", "add_to_cart", "purchase", "rating", "remove_from_cart"])
+    kinds = np.array(
+        ["view", "click", "add_to_cart", "purchase", "rating", "remove_from_cart"], dtype=object
+    )
     kind_index = np.where((stage == 3) & removed[event_visit], 5, stage)
-    event_type = kinds[kind_index]
+    event_type = kind_index.astype(np.int8)
     event_time = visit_time[event_visit] + stage * 15
     # Keep the earliest n_events, in time order (ties: generation order).
     chrono = np.argsort(event_time, kind="stable")[:n_events]
@@ -222,9 +224,9 @@ def generate_storefront(
     )
     item_index = visit_item[event_visit]
     value = np.ones(event_visit.shape[0], dtype=np.float64)
-    is_purchase = event_type == "purchase"
+    is_purchase = event_type == 3
     value[is_purchase] = items["price"][item_index[is_purchase]]
-    is_rating = event_type == "rating"
+    is_rating = event_type == 4
     value[is_rating] = rng.integers(3, 6, int(is_rating.sum()))
     session_of_event = visit_session[event_visit]
     events = {
@@ -232,9 +234,11 @@ def generate_storefront(
             [f"ev-{seed}-{n:09d}" for n in range(event_visit.shape[0])], dtype=object
         ),
         "user_id": user_ids[session_user[session_of_event]],
-        "session_id": np.array([f"s-{n:08d}" for n in session_of_event.tolist()], dtype=object),
+        "session_id": np.array([f"s-{n:08d}" for n in range(n_sessions)], dtype=object)[
+            session_of_event
+        ],
         "item_id": item_ids[item_index],
-        "type": event_type.astype(object),
+        "type": kinds[event_type],
         "value": value,
         "timestamp": event_time.astype(np.int64),
     }
