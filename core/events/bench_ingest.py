@@ -39,6 +39,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1000, help="events per request")
     parser.add_argument("--concurrency", type=int, default=4, help="client connections")
     parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--rate", type=int, default=200, help="single-event requests per second")
@@ -117,7 +118,7 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
 
 
 class Server:
-    def __init__(self, env: dict[str, str], workers: int) -> None:
+    def __init__(self, env: dict[str, str], workers: int, threads: int) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
             [
@@ -130,7 +131,7 @@ class Server:
                 "--worker-class",
                 "gthread",
                 "--threads",
-                "1",
+                str(threads),
                 "--keep-alive",
                 "30",
                 "--log-level",
@@ -314,7 +315,7 @@ def main() -> None:
     )
     psql_url = urlunsplit(urlsplit(url)._replace(scheme="postgresql"))
     results: dict[str, float] = {}
-    server = Server(env, args.workers)
+    server = Server(env, args.workers, args.threads)
     try:
         if "http" not in skip:
             started = time.perf_counter()
@@ -326,7 +327,7 @@ def main() -> None:
             print(
                 f"http: {len(bodies):,} bodies of {args.batch} events prepared in "
                 f"{time.perf_counter() - started:.1f} s; sending with {args.concurrency} "
-                f"connections to {args.workers} gunicorn workers"
+                f"connections to {args.workers} gunicorn workers x {args.threads} threads"
             )
             started = time.perf_counter()
             totals = post_batches(server.port, key, bodies, args.concurrency)

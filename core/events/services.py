@@ -244,7 +244,11 @@ def _resolve_ids(
     if missing_users or missing_items:
         # Only new events may create users/items: a retry must change nothing, not even bring
         # back a shopper who was forgotten meanwhile. Events already stored are duplicates.
-        taken = _taken_keys([e.event_id for e in kept])
+        # (Only the events that would create something need checking here; the insert itself
+        # settles the others.)
+        taken = _taken_keys(
+            [e.event_id for e in kept if e.user_id not in user_ids or e.item_id not in item_ids]
+        )
         if taken:
             result.duplicates += sum(1 for e in kept if e.event_id in taken)
             kept = [e for e in kept if e.event_id not in taken]
