@@ -220,8 +220,11 @@ class PredictionClient:
     def close(self) -> None:
         """Close the channel; a later call opens a new one."""
         with self._lock:
+            if self._pid != os.getpid():  # the parent's channel: keep it, untouched
+                self._forget_parent_channel()
+                return
             channel, self._channel, self._stubs = self._channel, None, None
-        if channel is not None and self._pid == os.getpid():
+        if channel is not None:
             channel.close()
 
     def __enter__(self) -> PredictionClient:
