@@ -13,6 +13,14 @@ Python callers (the Django command and the Celery task) use ``train_and_export``
 
 from __future__ import annotations
 
+import os
+
+if __name__ == "__main__":
+    # Multi-threaded OpenBLAS on a busy 2-core host is several times slower than one thread
+    # (ml-latest-small training: 89 s vs 13 s). Only the CLI sets this; library callers
+    # (Django, Celery) choose their own, see docs/models.md.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import sys
 import time
