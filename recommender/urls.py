@@ -19,6 +19,7 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
+    path("demo/", include("core.recommendations.storefront")),
 ]
 
 handler404 = "core.system.errors.not_found"
