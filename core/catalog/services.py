@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import orjson
 from django.db import connection, transaction
@@ -281,11 +282,10 @@ def _insert_missing(
                 [now, now, external_ids],
             )
             return dict(cursor.fetchall())
-    model.objects.bulk_create(
-        [model(external_id=ext, created_at=now, updated_at=now) for ext in external_ids],
-        batch_size=500,
-        ignore_conflicts=True,
-    )
+    bare: list[Any] = [
+        model(external_id=ext, created_at=now, updated_at=now) for ext in external_ids
+    ]
+    model.objects.bulk_create(bare, batch_size=500, ignore_conflicts=True)
     return {}
 
 

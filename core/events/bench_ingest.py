@@ -25,6 +25,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -93,7 +94,7 @@ def make_events(args: argparse.Namespace, *, prefix: str, count: int, start: int
     events = []
     for n in range(start, start + count):
         event_type = rng.choice(types)
-        event = {
+        event: dict[str, Any] = {
             "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
             "user_id": f"user-{rng.randrange(args.users)}",
             "item_id": f"item-{rng.randrange(args.items)}",
@@ -250,7 +251,7 @@ def raw_copy_rate(connection_url: str, expected: int) -> float:
                 for block in blocks:
                     copy.write(block)
             cursor.execute("SELECT count(*) FROM events_event")
-            copied = cursor.fetchone()[0]
+            copied = cursor.fetchone()[0]  # type: ignore[index]
         conn.commit()
         seconds = time.perf_counter() - started
     assert copied == expected, (copied, expected)
@@ -352,7 +353,7 @@ def main() -> None:
         server.stop()
     if "http" not in skip and "copy" not in skip:
         with psycopg.connect(psql_url) as conn:
-            stored = conn.execute("SELECT count(*) FROM events_event").fetchone()[0]
+            stored = conn.execute("SELECT count(*) FROM events_event").fetchone()[0]  # type: ignore[index]
         results["copy"] = raw_copy_rate(psql_url, stored)
         print(
             f"raw COPY of the same {stored:,} rows into events_event: {results['copy']:,.0f} "

@@ -197,7 +197,9 @@ def _store_known_postgresql(
                 "contexts": [e.context for e in batch],
             },
         )
-        accepted, resolved, user_ids, unresolved = cursor.fetchone()
+        row = cursor.fetchone()
+        assert row is not None  # an aggregate always answers one row
+        accepted, resolved, user_ids, unresolved = row
     result.accepted += accepted
     result.duplicates += resolved - accepted
     if accepted:

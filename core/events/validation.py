@@ -163,6 +163,7 @@ class EventValidator:
         elif event_type == "rating":
             errors.append(RowError(index, "value", "required", "a rating needs a value"))
         raw_timestamp = get("timestamp")
+        timestamp: datetime | None
         if raw_timestamp is None:
             timestamp = self.now
         else:
@@ -234,7 +235,7 @@ class EventValidator:
             event_id,  # type: ignore[arg-type]
             user_id,  # type: ignore[arg-type]
             item_id,  # type: ignore[arg-type]
-            event_type,
+            event_type,  # type: ignore[arg-type]
             value,
             timestamp,  # type: ignore[arg-type]
             session_id,
