@@ -9,7 +9,8 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/recommender
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DJANGO_ENV=test
 
-.PHONY: help install test lint format typecheck demo bench clean
+.PHONY: help install test lint format typecheck demo model-server bench bench-model-server \
+	bench-client clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -44,8 +45,16 @@ test: install  ## Lint, migrations check, and the whole pytest suite on PostgreS
 demo: install  ## Run the whole backend on this machine (embedded default); Ctrl-C stops it
 	$(PY) scripts/demo.py
 
-bench: install  ## Every benchmark below, one after the other
-	@echo "benchmarks: see the bench-* targets"
+model-server: install  ## The local TF-Serving-compatible model server alone (settings' port and repository)
+	$(PY) manage.py model_server
+
+bench: bench-model-server bench-client  ## Every benchmark, one after the other (figures in README)
+
+bench-model-server: install  ## Local model server: Predict overhead over in-process, retrieval Predict/s
+	$(PY) -m ml.serving.server.bench
+
+bench-client: install  ## Serving client vs raw gRPC stub p50/p99, import time, RSS
+	$(PY) -m ml.serving.bench_client
 
 clean:  ## Remove the virtualenv and local state (var/)
 	rm -rf $(VENV) var
