@@ -206,7 +206,7 @@ def generate_storefront(
     bought = carted & (rng.random(n_visits) < 0.75)
     removed = carted & ~bought
     rated = bought & (rng.random(n_visits) < 0.30)
-    stages = 1 + clicked + carted + (bought | removed) + rated
+    stages = np.ones(n_visits, dtype=np.int64) + clicked + carted + (bought | removed) + rated
     event_visit = np.repeat(np.arange(n_visits), stages)
     stage = np.arange(event_visit.shape[0]) - np.repeat(np.cumsum(stages) - stages, stages)
     kinds = np.array(
