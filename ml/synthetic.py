@@ -202,10 +202,10 @@ def generate_storefront(
     # Funnel per visit: stages 0 view, 1 click, 2 add_to_cart, 3 purchase/remove, 4 rating.
     n_visits = visit_session.shape[0]
     clicked = rng.random(n_visits) < 0.35
-    carted = clicked & (rng.random(n_visits) < 0.30)
-    bought = carted & (rng.random(n_visits) < 0.75)
-    removed = carted & ~bought
-    rated = bought & (rng.random(n_visits) < 0.30)
+    carted = np.logical_and(clicked, rng.random(n_visits) < 0.30)
+    bought = np.logical_and(carted, rng.random(n_visits) < 0.75)
+    removed = np.logical_and(carted, ~bought)
+    rated = np.logical_and(bought, rng.random(n_visits) < 0.30)
     stages = np.ones(n_visits, dtype=np.int64) + clicked + carted + (bought | removed) + rated
     event_visit = np.repeat(np.arange(n_visits), stages)
     stage = np.arange(event_visit.shape[0]) - np.repeat(np.cumsum(stages) - stages, stages)
