@@ -51,7 +51,8 @@ FROM unnest(
 JOIN fresh USING (event_id)
 """  # noqa: S608 (no user input in the SQL text)
 
-_STAGE = "events_ingest_stage"
+_STAGE = "events_ingest_staging"
+_STAGE_TYPES = ["text", "int8", "int8", "text", "text", "float8", "timestamptz", "text", "text"]
 _STAGE_COLUMNS = (
     "event_id, user_id, item_id, session_id, type, value, timestamp, recommendation_id, context"
 )
@@ -64,7 +65,7 @@ WITH fresh AS (
 )
 INSERT INTO events_event ({_COLUMNS})
 SELECT s.event_id, s.user_id, s.item_id, s.session_id, s.type, s.value, s.timestamp, %(now)s,
-       s.recommendation_id, s.context
+       s.recommendation_id, s.context::jsonb
 FROM {_STAGE} s JOIN fresh USING (event_id)
 """  # noqa: S608
 
@@ -332,10 +333,12 @@ def _store_postgresql(batch: list[_Row], now: datetime, *, use_copy: bool) -> in
         cursor.execute(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} ("
             "event_id text, user_id bigint, item_id bigint, session_id text, type text, "
-            "value float8, timestamp timestamptz, recommendation_id text, context jsonb"
+            "value float8, timestamp timestamptz, recommendation_id text, context text"
             ") ON COMMIT DELETE ROWS"
         )
-        with cursor.copy(f"COPY {_STAGE} ({_STAGE_COLUMNS}) FROM STDIN") as copy:
+        # Binary COPY: psycopg encodes the rows in C (a fifth of the text format's CPU).
+        with cursor.copy(f"COPY {_STAGE} ({_STAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_STAGE_TYPES)
             write_row = copy.write_row
             for e, user_pk, item_pk in batch:
                 write_row(
