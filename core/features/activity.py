@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db import connection
 
 from . import hotstore
-from .bulk import epoch_sql, fetch_by_ids, is_postgresql, upsert
+from .bulk import epoch_sql, fetch_by_ids, is_postgresql, raw_cursor, upsert
 from .models import ItemFeatures, UserFeatures
 from .pipeline import EventRow, events_fetch
 
@@ -44,7 +44,6 @@ class Outcome:
     rows: list[EventRow]
     users: dict[int, UserState]
     items: dict[int, ItemState]
-    new_users: set[int]
 
 
 def _fold(rows: list[EventRow]) -> tuple[dict[int, UserState], dict[int, ItemState]]:
@@ -138,10 +137,118 @@ def items_load(ids: Iterable[int]) -> dict[int, ItemState]:
     }
 
 
+_COUNTS_MERGE = """(SELECT jsonb_object_agg(k, COALESCE((f.counts->>k)::bigint, 0)
+        + COALESCE((EXCLUDED.counts->>k)::bigint, 0))
+    FROM jsonb_object_keys(f.counts || EXCLUDED.counts) AS k)"""
+
+_USERS_SQL = f"""
+WITH w(type, weight) AS (SELECT * FROM unnest(%(types)s::text[], %(weights)s::float8[])),
+per_type AS (
+    SELECT e.user_id, e.type, count(*) AS n, sum(COALESCE(w.weight, 0)) AS ws,
+           max(EXTRACT(EPOCH FROM e.timestamp)::float8) AS at, max(e.id) AS last_id
+    FROM events_event e LEFT JOIN w ON w.type = e.type
+    WHERE e.id > %(after)s AND e.id <= %(upto)s
+    GROUP BY e.user_id, e.type
+)
+INSERT INTO features_userfeatures AS f (user_id, counts, weight_sum, last_event_at, last_event_id)
+SELECT user_id, jsonb_object_agg(type, n), sum(ws), max(at), max(last_id)
+FROM per_type GROUP BY user_id ORDER BY user_id
+ON CONFLICT (user_id) DO UPDATE SET
+    counts = {_COUNTS_MERGE},
+    weight_sum = f.weight_sum + EXCLUDED.weight_sum,
+    last_event_at = GREATEST(f.last_event_at, EXCLUDED.last_event_at),
+    last_event_id = GREATEST(f.last_event_id, EXCLUDED.last_event_id)
+RETURNING user_id, counts::text, weight_sum, last_event_at, last_event_id
+"""  # noqa: S608 (no user input in the SQL text)
+
+
+def _decay(value: str, ref: str, rate: str) -> str:
+    # exp() of PostgreSQL raises on underflow: contributions older than ~1,000 half-lives are 0.
+    newest = "GREATEST(f.trend_ref, EXCLUDED.trend_ref)"
+    return f"{value} * exp(GREATEST(-({newest} - {ref}) * {rate}, -700))"
+
+
+_ITEMS_SQL = f"""
+WITH w(type, weight) AS (SELECT * FROM unnest(%(types)s::text[], %(weights)s::float8[])),
+b AS (
+    SELECT e.item_id, e.type, COALESCE(w.weight, 0) AS weight,
+           EXTRACT(EPOCH FROM e.timestamp)::float8 AS at, e.id
+    FROM events_event e LEFT JOIN w ON w.type = e.type
+    WHERE e.id > %(after)s AND e.id <= %(upto)s AND e.item_id IS NOT NULL
+),
+refs AS (SELECT item_id, max(at) AS ref FROM b GROUP BY item_id),
+counts AS (
+    SELECT item_id, jsonb_object_agg(type, n) AS counts
+    FROM (SELECT item_id, type, count(*) AS n FROM b GROUP BY item_id, type) AS t
+    GROUP BY item_id
+),
+agg AS (
+    SELECT b.item_id, sum(b.weight) AS pop,
+           sum(b.weight * exp(GREATEST(-(r.ref - b.at) * %(r1h)s, -700))) AS t1h,
+           sum(b.weight * exp(GREATEST(-(r.ref - b.at) * %(r24h)s, -700))) AS t24h,
+           sum(b.weight * exp(GREATEST(-(r.ref - b.at) * %(r7d)s, -700))) AS t7d,
+           r.ref, max(b.id) AS last_id
+    FROM b JOIN refs r USING (item_id) GROUP BY b.item_id, r.ref
+)
+INSERT INTO features_itemfeatures AS f
+    (item_id, counts, popularity, trend_1h, trend_24h, trend_7d, trend_ref, last_event_id)
+SELECT a.item_id, c.counts, a.pop, a.t1h, a.t24h, a.t7d, a.ref, a.last_id
+FROM agg a JOIN counts c USING (item_id) ORDER BY a.item_id
+ON CONFLICT (item_id) DO UPDATE SET
+    counts = {_COUNTS_MERGE},
+    popularity = f.popularity + EXCLUDED.popularity,
+    trend_1h = {_decay("f.trend_1h", "f.trend_ref", "%(r1h)s")}
+        + {_decay("EXCLUDED.trend_1h", "EXCLUDED.trend_ref", "%(r1h)s")},
+    trend_24h = {_decay("f.trend_24h", "f.trend_ref", "%(r24h)s")}
+        + {_decay("EXCLUDED.trend_24h", "EXCLUDED.trend_ref", "%(r24h)s")},
+    trend_7d = {_decay("f.trend_7d", "f.trend_ref", "%(r7d)s")}
+        + {_decay("EXCLUDED.trend_7d", "EXCLUDED.trend_ref", "%(r7d)s")},
+    trend_ref = GREATEST(f.trend_ref, EXCLUDED.trend_ref),
+    last_event_id = GREATEST(f.last_event_id, EXCLUDED.last_event_id)
+RETURNING item_id, counts::text, popularity, trend_1h, trend_24h, trend_7d, trend_ref,
+    last_event_id
+"""  # noqa: S608
+
+
+def _apply_sql(after: int, upto: int) -> tuple[dict[int, UserState], dict[int, ItemState]]:
+    """PostgreSQL: fold events (after, upto] in the server, two statements; the stored values of
+    every changed row come back for Redis."""
+    weights = settings.EVENT_TYPE_WEIGHTS
+    params = {
+        "types": list(weights),
+        "weights": list(weights.values()),
+        "after": after,
+        "upto": upto,
+        **{f"r{window}": rate for window, rate in _RATES.items()},
+    }
+    loads = orjson.loads
+    with raw_cursor() as cursor:
+        cursor.execute(_USERS_SQL, params)
+        users = {
+            pk: UserState(loads(counts), weight_sum, at, last)
+            for pk, counts, weight_sum, at, last in cursor.fetchall()
+        }
+        cursor.execute(_ITEMS_SQL, params)
+        items = {
+            pk: ItemState(
+                counts=loads(counts),
+                popularity=popularity,
+                trends={"1h": t1, "24h": t24, "7d": t7},
+                trend_ref=ref,
+                last_event_id=last,
+            )
+            for pk, counts, popularity, t1, t24, t7, ref, last in cursor.fetchall()
+        }
+    return users, items
+
+
 class ActivityConsumer:
     name = "activity"
 
-    def apply(self, rows: list[EventRow]) -> Outcome:
+    def apply(self, rows: list[EventRow], after: int, upto: int) -> Outcome:
+        if is_postgresql():
+            users, items = _apply_sql(after, upto)
+            return Outcome(rows=rows, users=users, items=items)
         users, items = _fold(rows)
         old_users = users_load(users)
         for pk, state in users.items():
@@ -200,7 +307,7 @@ class ActivityConsumer:
                 for pk, s in sorted(items.items())
             ],
         )
-        return Outcome(rows=rows, users=users, items=items, new_users=set(users) - set(old_users))
+        return Outcome(rows=rows, users=users, items=items)
 
     def publish(self, store: redis.Redis, outcome: Outcome) -> None:
         _publish(store, outcome)
@@ -215,14 +322,11 @@ class ActivityConsumer:
             item_ids = {row[2] for row in rows if row[2] is not None}
             users = users_load(user_ids)
             # Rows of a forgotten shopper are gone: nothing to publish for them.
-            _publish(
-                store,
-                Outcome(rows=rows, users=users, items=items_load(item_ids), new_users=set()),
-            )
+            _publish(store, Outcome(rows=rows, users=users, items=items_load(item_ids)))
             after = rows[-1][0]
 
     def rebuild_hot(self, store: redis.Redis) -> None:
-        for pattern in ("feat:u:*", "feat:i:*", "feat:z:*"):
+        for pattern in ("feat:u:*", "feat:h:*", "feat:i:*", "feat:z:*"):
             hotstore.delete_matching(store, pattern)
         chunk = 10_000
         last = 0
@@ -234,7 +338,7 @@ class ActivityConsumer:
             )
             if not ids:
                 break
-            _publish(store, Outcome(rows=[], users=users_load(ids), items={}, new_users=set()))
+            _publish(store, Outcome(rows=[], users=users_load(ids), items={}))
             last = ids[-1]
         last = 0
         while True:
@@ -245,7 +349,7 @@ class ActivityConsumer:
             )
             if not ids:
                 break
-            _publish(store, Outcome(rows=[], users={}, items=items_load(ids), new_users=set()))
+            _publish(store, Outcome(rows=[], users={}, items=items_load(ids)))
             last = ids[-1]
 
     def reset(self) -> None:
@@ -304,21 +408,12 @@ def histories_from_events(user_ids: list[int], length: int) -> dict[int, list[li
     return histories
 
 
-def history_merge(old: list[list[Any]], new: list[list[Any]], length: int) -> list[list[Any]]:
-    """Union by event id, oldest first, the last `length`. Idempotent: merging twice is once."""
-    seen = {entry[0] for entry in old}
-    merged = old + [entry for entry in new if entry[0] not in seen]
-    merged.sort(key=_entry_order)
-    return merged[-length:]
-
-
-def user_blob(state: UserState, history: list[list[Any]]) -> dict[str, Any]:
+def user_blob(state: UserState) -> dict[str, Any]:
     return {
         "v": state.last_event_id,
         "c": state.counts,
         "w": state.weight_sum,
         "t": state.last_event_at,
-        "h": history,
     }
 
 
@@ -331,50 +426,87 @@ def item_blob(state: ItemState) -> dict[str, Any]:
     }
 
 
+def history_member(event_id: int, item_external_id: str, kind: str) -> str:
+    # Zero-padded id: members with the same time sort by id.
+    return f"{event_id:020d}|{kind}|{item_external_id}"
+
+
+def history_parse(member: bytes | str, score: float) -> list[Any]:
+    """[event id, item external id, type, unix time] of a history zset member."""
+    text = member.decode() if isinstance(member, bytes) else member
+    event_id, kind, item = text.split("|", 2)
+    return [int(event_id), item, kind, score]
+
+
+def history_commands(key: str, entries: list[list[Any]], total: int, length: int) -> list[tuple]:
+    """ZADD the entries ([event id, item, type, time]) and trim to the last `length` (only when
+    the shopper may have more: `total` events in all)."""
+    commands: list[tuple] = [
+        ("zadd", key, {history_member(e[0], e[1], e[2]): e[3] for e in entries})
+    ]
+    if total > length:
+        commands.append(("zremrangebyrank", key, 0, -length - 1))
+    return commands
+
+
+def _flat_entries(entries: list[list[Any]]) -> list[str]:
+    flat: list[str] = []
+    for event_id, item, kind, at in entries:
+        flat.append(repr(at))
+        flat.append(history_member(event_id, item, kind))
+    return flat
+
+
 def _publish(store: redis.Redis, outcome: Outcome) -> None:
+    """Idempotent writes of committed values: SET of the counts, ZADD of the batch's events into
+    the history (members are unique per event, so a replay adds nothing), ZADD of item scores."""
     length = settings.FEATURES_HISTORY_LENGTH
-    dumps, loads = orjson.dumps, orjson.loads
+    dumps = orjson.dumps
     item_ids = set(outcome.items) | {row[2] for row in outcome.rows if row[2] is not None}
     catalog = items_catalog(item_ids)
     commands: list[tuple] = []
     if outcome.users:
-        user_ids = sorted(outcome.users)
-        user_ext = external_ids("catalog_user", user_ids)
-        user_ids = [pk for pk in user_ids if pk in user_ext]
-        fresh: dict[int, list[list[Any]]] = {}
+        user_ext = external_ids("catalog_user", outcome.users)
+        entries: dict[int, list[list[Any]]] = {}
         for event_id, user_id, item_id, kind, at, _ in outcome.rows:
-            if item_id is not None and item_id in catalog and user_id in user_ext:
-                fresh.setdefault(user_id, []).append([event_id, catalog[item_id][0], kind, at])
-        keys = [hotstore.user_key(user_ext[pk]) for pk in user_ids]
-        current = store.mget(keys) if keys else []
-        missing = [
-            pk
-            for pk, raw in zip(user_ids, current, strict=True)
-            if raw is None and pk not in outcome.new_users
-        ]
-        from_events = histories_from_events(missing, length)
-        for pk, key, raw in zip(user_ids, keys, current, strict=True):
-            if raw is not None:
-                history = history_merge(loads(raw)["h"], fresh.get(pk, []), length)
-            elif pk in from_events:
-                history = history_merge(from_events[pk], fresh.get(pk, []), length)
-            else:
-                history = history_merge([], fresh.get(pk, []), length)
-            commands.append(("set", key, dumps(user_blob(outcome.users[pk], history))))
+            if item_id is not None and item_id in catalog:
+                entries.setdefault(user_id, []).append([event_id, catalog[item_id][0], kind, at])
+        no_rows = not outcome.rows
+        from_events = (
+            histories_from_events(list(user_ext), length) if no_rows else {}
+        )  # a rebuild: the whole recent history comes from the events table
+        users: list[list[Any]] = []
+        for pk, state in outcome.users.items():
+            ext = user_ext.get(pk)
+            if ext is None:
+                continue
+            history = (from_events.get(pk) if no_rows else entries.get(pk)) or []
+            users.append(
+                [
+                    ext,
+                    dumps(user_blob(state)).decode(),
+                    sum(state.counts.values()),
+                    _flat_entries(history),
+                ]
+            )
+        hotstore.users_write(store, users, length)
+    zsets: dict[str, dict[str, float]] = {}
+    blobs: dict[str, bytes] = {}
     for pk, state in outcome.items.items():
         if pk not in catalog:
             continue
         ext, category = catalog[pk]
-        commands.append(("set", hotstore.item_key(ext), dumps(item_blob(state))))
+        blobs[hotstore.item_key(ext)] = dumps(item_blob(state))
         scores = {"all": state.popularity}
         for window, value in state.trends.items():
             scores[window] = hotstore.log_trend(value, state.trend_ref, window)
+        prefixes = hotstore.category_prefixes(category)
         for window, score in scores.items():
-            commands.append(("zadd", hotstore.zset_key(window), {ext: score}))
-            for prefix in hotstore.category_prefixes(category):
-                commands.append(("zadd", hotstore.zset_key(window, prefix), {ext: score}))
+            zsets.setdefault(hotstore.zset_key(window), {})[ext] = score
+            for prefix in prefixes:
+                zsets.setdefault(hotstore.zset_key(window, prefix), {})[ext] = score
+    if blobs:
+        commands.append(("mset", blobs))
+    for key, members in zsets.items():
+        commands.append(("zadd", key, members))
     hotstore.run_pipeline(store, commands)
-
-
-def _entry_order(entry: list[Any]) -> tuple[float, int]:
-    return (entry[3], entry[0])

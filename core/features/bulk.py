@@ -20,6 +20,16 @@ def is_postgresql() -> bool:
     return connection.vendor == "postgresql"
 
 
+def raw_cursor() -> Any:
+    """PostgreSQL: a psycopg cursor on Django's connection (same transaction) with server-side
+    parameter binding. Django's default client-side binding quotes every array element in Python
+    (seconds for 50,000 rows); bound, lists of numbers travel in binary."""
+    import psycopg
+
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
+
+
 def epoch_sql(column: str) -> str:
     """SQL for the Unix time (float seconds) of a datetime column."""
     if is_postgresql():
@@ -41,13 +51,14 @@ def fetch_by_ids(
         return []
     select = ", ".join([key, *columns])
     extra = f" AND {where}" if where else ""
-    with connection.cursor() as cursor:
-        if is_postgresql():
+    if is_postgresql():
+        with raw_cursor() as cursor:
             cursor.execute(
-                f"SELECT {select} FROM {table} WHERE {key} = ANY(%s::bigint[]){extra}",  # noqa: S608
+                f"SELECT {select} FROM {table} WHERE {key} = ANY(%b::bigint[]){extra}",  # noqa: S608
                 [ids],
             )
             return cursor.fetchall()
+    with connection.cursor() as cursor:
         rows: list[tuple] = []
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
@@ -82,10 +93,10 @@ def upsert(
         if name not in keys
     )
     conflict = f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
-    with connection.cursor() as cursor:
-        if is_postgresql():
+    if is_postgresql():
+        with raw_cursor() as cursor:
             arrays = ", ".join(
-                f"%s::{'text' if kind == 'jsonb' else kind}[]" for _, kind in columns
+                f"%b::{'text' if kind == 'jsonb' else kind}[]" for _, kind in columns
             )
             select = ", ".join(
                 f"{name}::jsonb" if kind == "jsonb" else name for name, kind in columns
@@ -98,6 +109,7 @@ def upsert(
                 [list(column) for column in zip(*rows, strict=True)],
             )
             return cursor.fetchall() if returning else []
+    with connection.cursor() as cursor:
         marks = ", ".join(["%s"] * len(names))
         updates = updates.replace("EXCLUDED.", "excluded.")
         cursor.executemany(

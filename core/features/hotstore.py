@@ -5,8 +5,9 @@ worker killed between commit and write changes nothing a re-run does not fix.
 Keys (prefix `feat:`):
 
 - `feat:u:<user external id>`: JSON `{"v": last event id, "c": {type: count}, "w": weighted sum,
-  "t": last event unix time, "h": [[event id, item external id, type, unix time], ...]}`, the
-  history oldest first.
+  "t": last event unix time}`.
+- `feat:h:<user external id>`: zset of the recent sequence, member `<event id, 20 digits>|<type>|
+  <item external id>`, score the event's unix time; trimmed to FEATURES_HISTORY_LENGTH.
 - `feat:i:<item external id>`: JSON `{"c": {type: count}, "p": popularity, "t1h"/"t24h"/"t7d":
   trend valued at "r" (unix time)}`.
 - `feat:z:<window>` and `feat:z:<window>:<category>`: zsets of item external ids scored by
@@ -28,6 +29,7 @@ import threading
 import time
 from typing import Any
 
+import orjson
 import redis
 from django.conf import settings
 
@@ -47,6 +49,10 @@ _down_until = 0.0
 
 def user_key(external_id: str) -> str:
     return f"feat:u:{external_id}"
+
+
+def history_key(external_id: str) -> str:
+    return f"feat:h:{external_id}"
 
 
 def item_key(external_id: str) -> str:
@@ -132,6 +138,39 @@ def delete_matching(store: redis.Redis, pattern: str) -> int:
     if batch:
         deleted += store.unlink(*batch)
     return deleted
+
+
+# Writes many shoppers in one call: ARGV[1] = history length, ARGV[2] = JSON
+# [[user external id, counts JSON, total events, [score, member, score, member, ...]], ...].
+# One command for a thousand shoppers: the client packs one argument instead of thousands.
+_USERS_SCRIPT = """
+local length = tonumber(ARGV[1])
+local users = cjson.decode(ARGV[2])
+for _, user in ipairs(users) do
+  local ext, blob, total, entries = user[1], user[2], tonumber(user[3]), user[4]
+  redis.call('SET', 'feat:u:' .. ext, blob)
+  local key = 'feat:h:' .. ext
+  local n = #entries
+  local start = 1
+  while start <= n do
+    local stop = math.min(start + 999, n)
+    redis.call('ZADD', key, unpack(entries, start, stop))
+    start = stop + 1
+  end
+  if n > 0 and total > length then
+    redis.call('ZREMRANGEBYRANK', key, 0, -length - 1)
+  end
+end
+return #users
+"""
+
+
+def users_write(store: redis.Redis, users: list[list[Any]], length: int) -> None:
+    """SET each shopper's counts and ZADD their new history entries (trimmed to `length`), a
+    thousand shoppers per round trip. Entries' scores are strings (exact floats)."""
+    script = store.register_script(_USERS_SCRIPT)
+    for start in range(0, len(users), 1000):
+        script(args=[length, orjson.dumps(users[start : start + 1000])])
 
 
 def run_pipeline(store: redis.Redis, commands: list[tuple], *, chunk: int = 5000) -> None:

@@ -52,7 +52,7 @@ def tops_load(item_ids: Iterable[int]) -> Tops:
 class NeighboursConsumer:
     name = "neighbours"
 
-    def apply(self, rows: list[EventRow]) -> Tops:
+    def apply(self, rows: list[EventRow], after: int, upto: int) -> Tops:
         kind_of = _kind_of_type()
         window = settings.FEATURES_NEIGHBOURS_WINDOW
         relevant = [row for row in rows if row[2] is not None and row[3] in kind_of]

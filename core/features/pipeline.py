@@ -36,7 +36,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from . import hotstore
-from .bulk import epoch_sql, is_postgresql
+from .bulk import epoch_sql, is_postgresql, raw_cursor
 from .models import JobRun, Watermark
 
 logger = logging.getLogger(__name__)
@@ -52,9 +52,9 @@ _LOCK_WAIT_SECONDS = 15.0
 class Consumer(Protocol):
     name: str
 
-    def apply(self, rows: list[EventRow]) -> Any:
-        """Inside the batch transaction: fold `rows` into the tables; return what `publish`
-        needs."""
+    def apply(self, rows: list[EventRow], after: int, upto: int) -> Any:
+        """Inside the batch transaction: fold `rows` (every visible event in (after, upto]) into
+        the tables; return what `publish` needs."""
 
     def publish(self, store: redis.Redis, outcome: Any) -> None:
         """After commit: write the committed values of what `apply` changed to Redis."""
@@ -82,13 +82,17 @@ def events_fetch(after: int, limit: int, upto: int | None = None) -> list[EventR
     """Events with id > `after` (and <= `upto`), in id order, at most `limit`."""
     bound = " AND id <= %s" if upto is not None else ""
     params: list[Any] = [after] + ([upto] if upto is not None else []) + [limit]
+    sql = (
+        f"SELECT id, user_id, item_id, type, {epoch_sql('timestamp')}, "  # noqa: S608
+        f"{epoch_sql('ingested_at')} FROM events_event WHERE id > %s{bound} "
+        "ORDER BY id LIMIT %s"
+    )
+    if is_postgresql():
+        with raw_cursor() as cursor:
+            cursor.execute(sql, params, binary=True)
+            return cursor.fetchall()
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT id, user_id, item_id, type, {epoch_sql('timestamp')}, "  # noqa: S608
-            f"{epoch_sql('ingested_at')} FROM events_event WHERE id > %s{bound} "
-            "ORDER BY id LIMIT %s",
-            params,
-        )
+        cursor.execute(sql, params)
         return cursor.fetchall()
 
 
@@ -154,7 +158,7 @@ def _batch(consumer: Consumer, limit: int) -> BatchResult:
             kept.append(row)
             expected = row[0] + 1
         if kept:
-            result.outcome = consumer.apply(kept)
+            result.outcome = consumer.apply(kept, mark.last_event_id, kept[-1][0])
             mark.last_event_id = kept[-1][0]
             if mark.gap_event_id is not None and mark.gap_event_id <= mark.last_event_id:
                 mark.gap_event_id = mark.gap_seen_at = None

@@ -31,7 +31,8 @@ from django.db.models import Q
 from core.catalog.models import Item, User
 
 from . import hotstore
-from .activity import histories_from_events, item_blob, user_blob, users_load
+from .activity import histories_from_events, history_commands, item_blob, user_blob, users_load
+from .activity import history_parse as hotstore_history
 from .activity import items_load as _items_load
 from .models import ItemFeatures, ItemNeighbours
 
@@ -103,13 +104,19 @@ def _entries(history: list[list[Any]]) -> list[HistoryEntry]:
 
 
 def _user_blob(user_id: str) -> dict[str, Any] | None:
+    """{"c", "w", "t", "v", "h": [[event id, item, type, time], ...] oldest first} or None."""
     store = _store()
-    key = hotstore.user_key(user_id)
+    key, history_key = hotstore.user_key(user_id), hotstore.history_key(user_id)
     if store is not None:
         try:
-            raw = store.get(key)
+            pipe = store.pipeline(transaction=False)
+            pipe.get(key)
+            pipe.zrange(history_key, 0, -1, withscores=True)
+            raw, members = pipe.execute()
             if raw is not None:
-                return orjson.loads(raw)
+                blob = orjson.loads(raw)
+                blob["h"] = [hotstore_history(member, score) for member, score in members]
+                return blob
         except redis.RedisError as exc:
             hotstore.mark_down(exc)
             store = None
@@ -119,15 +126,20 @@ def _user_blob(user_id: str) -> dict[str, Any] | None:
     state = users_load([pk]).get(pk)
     if state is None:
         return None
-    history = histories_from_events([pk], settings.FEATURES_HISTORY_LENGTH)[pk]
-    blob = user_blob(state, history)
+    length = settings.FEATURES_HISTORY_LENGTH
+    history = histories_from_events([pk], length)[pk]
+    blob = user_blob(state)
     if store is not None:
         try:
-            # NX: a job writing a newer value meanwhile wins.
-            store.set(key, orjson.dumps(blob), nx=True)
+            # NX: a job writing a newer value meanwhile wins; the history ZADD is idempotent.
+            commands: list[tuple] = [("set", key, orjson.dumps(blob), None, None, True)]
+            if history:
+                total = sum(state.counts.values())
+                commands += history_commands(history_key, history, total, length)
+            hotstore.run_pipeline(store, commands)
         except redis.RedisError as exc:
             hotstore.mark_down(exc)
-    return blob
+    return {**blob, "h": history}
 
 
 def user_history(*, user_id: str, limit: int | None = None) -> list[HistoryEntry]:

@@ -202,7 +202,7 @@ def _hot_user_forget(external_id: str) -> None:
     if store is None:
         return
     try:
-        store.delete(hotstore.user_key(external_id))
+        store.delete(hotstore.user_key(external_id), hotstore.history_key(external_id))
     except redis.RedisError as exc:
         hotstore.mark_down(exc)
 

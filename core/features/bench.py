@@ -1,0 +1,318 @@
+"""Feature pipeline benchmark (`make bench-features`): batch throughput, then freshness under
+ingestion load.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/recommender \\
+    REDIS_URL=redis://127.0.0.1:6379/12 python -m core.features.bench --events 1000000
+
+1. Throughput: `--events` events are stored through the ingestion service (COPY path), then the
+   activity consumer (user + item features) folds all of them from watermark 0, timed, with its
+   Redis writes and without; then the neighbours consumer (co-occurrence). Printed as events/s.
+2. Freshness: gunicorn (the real API), a Celery worker and beat run on the same machine; client
+   threads post batches of 1,000 events as fast as the server takes them (the ingestion benchmark's
+   load) while a probe thread posts one event for a fresh shopper every `--probe-interval`
+   seconds and polls Redis until that event is in the shopper's features. Printed: p50/p95/max
+   from the 202 to the event being readable by serving, and the ingest rate meanwhile.
+
+It works in its own database (`<name>_features_bench`, dropped and re-created) and flushes the
+Redis database it is given, so it never touches a running backend's data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[2]
+TYPES = ["view"] * 12 + ["click"] * 5 + ["add_to_cart"] * 2 + ["purchase"]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000, help="events for throughput")
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--load-seconds", type=float, default=30.0, help="freshness run length")
+    parser.add_argument("--concurrency", type=int, default=4, help="load client connections")
+    parser.add_argument("--web-workers", type=int, default=3, help="gunicorn workers")
+    parser.add_argument("--probe-interval", type=float, default=0.1)
+    parser.add_argument("--skip", default="", help="comma-separated: throughput,freshness")
+    return parser.parse_args()
+
+
+def bench_urls() -> tuple[str, str]:
+    url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/recommender")
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql", "pgsql"):
+        sys.exit("bench-features needs PostgreSQL: set DATABASE_URL=postgres://...")
+    name = (parts.path.lstrip("/") or "recommender") + "_features_bench"
+    redis_url = os.environ.get("REDIS_URL") or sys.exit("bench-features needs REDIS_URL")
+    return urlunsplit(parts._replace(path=f"/{name}")), redis_url
+
+
+def recreate_database(url: str) -> None:
+    parts = urlsplit(url)
+    admin = urlunsplit(parts._replace(scheme="postgresql", path="/postgres"))
+    name = parts.path.lstrip("/")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def zipf_index(rng: random.Random, size: int) -> int:
+    # Popular items are much more popular (roughly Zipf, s ~ 1).
+    return min(size - 1, int(size ** rng.random()) - 1)
+
+
+def event_dicts(args: argparse.Namespace, prefix: str, count: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    now = datetime.now(tz=UTC)
+    return [
+        {
+            "event_id": f"{prefix}-{n}",
+            "user_id": f"u{rng.randrange(args.users)}",
+            "item_id": f"i{zipf_index(rng, args.items)}",
+            "type": rng.choice(TYPES),
+            "timestamp": (now - timedelta(seconds=rng.randrange(7 * 86400))).isoformat(),
+        }
+        for n in range(count)
+    ]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+# 1. Throughput ------------------------------------------------------------------------------------
+
+
+def throughput(args: argparse.Namespace) -> None:
+    from django.conf import settings
+
+    from core.events.services import events_ingest
+    from core.events.validation import EventIn
+    from core.features import hotstore
+    from core.features.pipeline import consumer_run
+    from core.features.services import CONSUMERS
+
+    settings.FEATURES_TRIGGER_ON_COMMIT = False  # no worker yet: nothing to enqueue for
+    started = time.perf_counter()
+    chunk = 50_000
+    for start in range(0, args.events, chunk):
+        count = min(chunk, args.events - start)
+        events = [
+            EventIn(
+                index=n,
+                event_id=row["event_id"],
+                user_id=row["user_id"],
+                item_id=row["item_id"],
+                type=row["type"],
+                value=None,
+                timestamp=datetime.fromisoformat(row["timestamp"]),
+                session_id=None,
+                recommendation_id=None,
+                context=None,
+            )
+            for n, row in enumerate(event_dicts(args, f"t{start}", count, seed=start))
+        ]
+        events_ingest(events=events, use_copy=True, id_cache={})
+    print(f"loaded {args.events:,} events in {time.perf_counter() - started:.1f} s")
+
+    redis_url = settings.FEATURES_REDIS_URL
+    for label, consumer_name, url in (
+        ("activity (users + items), PostgreSQL only", "activity", None),
+        ("activity (users + items), PostgreSQL + Redis", "activity", redis_url),
+        ("neighbours (co-occurrence), PostgreSQL + Redis", "neighbours", redis_url),
+    ):
+        settings.FEATURES_REDIS_URL = url
+        hotstore.reset_clients()
+        if url:
+            hotstore.client("job").flushdb()
+        started = time.perf_counter()
+        run = consumer_run(
+            CONSUMERS[consumer_name], trigger="bench", budget=float("inf"), reset=True
+        )
+        elapsed = time.perf_counter() - started
+        print(
+            f"{label}: {run.events_processed:,} events in {elapsed:.2f} s = "
+            f"{run.events_processed / elapsed:,.0f} events/s ({run.batches} batches of "
+            f"<= {settings.FEATURES_BATCH_SIZE:,})"
+        )
+    settings.FEATURES_REDIS_URL = redis_url
+    settings.FEATURES_TRIGGER_ON_COMMIT = True
+    hotstore.reset_clients()
+
+
+# 2. Freshness under load -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env=env,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def post(conn: http.client.HTTPConnection, key: str, body: bytes) -> dict:
+    conn.request(
+        "POST",
+        "/api/v1/events",
+        body=body,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+    )
+    response = conn.getresponse()
+    payload = response.read()
+    if response.status != 202:
+        raise RuntimeError(f"{response.status}: {payload[:200]!r}")
+    return orjson.loads(payload)
+
+
+def freshness(args: argparse.Namespace, database_url: str, redis_url: str) -> None:
+    import redis
+
+    from core.features import hotstore
+    from core.system.services import api_key_create
+
+    key = api_key_create(name="bench", scopes=["events:write"]).raw_key
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+    logs = Path(tempfile.mkdtemp(prefix="bench-features-"))
+    python = sys.executable
+    processes = [
+        start(
+            [python, "-m", "gunicorn", "recommender.wsgi:application", f"--bind=127.0.0.1:{port}",
+             f"--workers={args.web_workers}", "--threads=2"],
+            env, logs / "web.log",
+        ),
+        start(
+            [python, "-m", "celery", "-A", "recommender", "worker", "--pool=solo",
+             "--without-gossip", "--without-mingle", "--loglevel=WARNING"],
+            env, logs / "worker.log",
+        ),
+        start(
+            [python, "-m", "celery", "-A", "recommender", "beat", "--loglevel=WARNING",
+             f"--schedule={logs / 'beat-schedule'}"],
+            env, logs / "beat.log",
+        ),
+    ]  # fmt: skip
+    store = redis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    break
+            if time.monotonic() > deadline:
+                sys.exit(f"gunicorn did not start; see {logs}")
+            time.sleep(0.2)
+        time.sleep(3)  # worker and beat connect
+        stop = threading.Event()
+        sent = [0]
+        lock = threading.Lock()
+
+        def load(thread: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            batch = 0
+            while not stop.is_set():
+                body = orjson.dumps(event_dicts(args, f"l{thread}-{batch}", 1000, seed=batch))
+                post(conn, key, body)
+                batch += 1
+                with lock:
+                    sent[0] += 1000
+
+        delays: list[float] = []
+
+        def probe() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            n = 0
+            while not stop.is_set():
+                user = f"probe-{n}"
+                body = orjson.dumps(
+                    {"event_id": f"p-{n}", "user_id": user, "item_id": "i1", "type": "click"}
+                )
+                post(conn, key, body)
+                accepted = time.perf_counter()
+                while store.get(hotstore.user_key(user)) is None:
+                    if time.perf_counter() - accepted > 60:
+                        break
+                    time.sleep(0.005)
+                delays.append(time.perf_counter() - accepted)
+                n += 1
+                time.sleep(args.probe_interval)
+
+        threads = [threading.Thread(target=load, args=(n,)) for n in range(args.concurrency)]
+        threads.append(threading.Thread(target=probe))
+        began = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        time.sleep(args.load_seconds)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - began
+        print(
+            f"freshness under load: ingest {sent[0] / elapsed:,.0f} events/s over HTTP "
+            f"({sent[0]:,} events in {elapsed:.0f} s); {len(delays)} probes, 202 -> readable in "
+            f"Redis: p50 {percentile(delays, 0.5) * 1000:.0f} ms, "
+            f"p95 {percentile(delays, 0.95) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms"
+        )
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(10)
+            if process.poll() is None:
+                process.kill()
+
+
+def main() -> None:
+    args = parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    database_url, redis_url = bench_urls()
+    recreate_database(database_url)
+    os.environ["DATABASE_URL"] = database_url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recommender.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    if "throughput" not in skip:
+        throughput(args)
+    if "freshness" not in skip:
+        freshness(args, database_url, redis_url)
+
+
+if __name__ == "__main__":
+    main()
