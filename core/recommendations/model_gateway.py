@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from django.conf import settings
 from django.core.cache import cache
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .sources import HistoryEntry
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How deep the model ranks when it orders a caller's candidates (POST /rank).
 RANK_DEPTH = 1000
@@ -135,6 +136,20 @@ def _log_failure(exc: Exception) -> None:
         logger.error("model server refused the request: %s", exc)
 
 
+def _by_label(call: Callable[[str | None], T], label: str | None) -> T:
+    """Ask by label; if the server does not know the label (it restarted without the registry's
+    config, or a label is being moved), ask for its latest version rather than fail."""
+    try:
+        return call(label)
+    except ModelServerUnavailable:
+        raise
+    except ModelServerError as exc:
+        if label is None:
+            raise
+        logger.warning("label %r refused (%s), asking for the latest version", label, exc)
+        return call(None)
+
+
 def recommend(
     history: Sequence[HistoryEntry], *, k: int, budget_seconds: float, label: str | None = None
 ) -> ModelAnswer:
@@ -147,8 +162,11 @@ def recommend(
     if hit is not None:
         return hit
     try:
-        result = client().recommend(
-            ids, weights, k, label=label, timeout=_call_timeout(budget_seconds)
+        result = _by_label(
+            lambda chosen: client().recommend(
+                ids, weights, k, label=chosen, timeout=_call_timeout(budget_seconds)
+            ),
+            label,
         )
     except ModelServerError as exc:
         _log_failure(exc)
@@ -171,8 +189,11 @@ def similar(
     if hit is not None:
         return hit
     try:
-        (result,) = client().similar(
-            [item_id], k, label=label, timeout=_call_timeout(budget_seconds)
+        (result,) = _by_label(
+            lambda chosen: client().similar(
+                [item_id], k, label=chosen, timeout=_call_timeout(budget_seconds)
+            ),
+            label,
         )
     except ModelServerError as exc:
         _log_failure(exc)

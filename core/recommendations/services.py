@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.core.cache import cache
 
-from core.registry.selectors import business_rules_active
+from core.registry import arm_stats, shadow
+from core.registry.selectors import ServingPlan, business_rules_active, serving_plan
 
 from . import model_gateway, sources
 from .models import Impression
@@ -230,6 +231,13 @@ def _fallback(
     return sources.popular_items(category=None, window=None, limit=want), "fallback:popular"
 
 
+def _count_arm(plan: ServingPlan, *, error: bool = False, seconds: float | None = None) -> None:
+    if plan.experiment_id is not None:
+        arm_stats.record(
+            experiment_id=plan.experiment_id, arm=plan.arm, error=error, model_seconds=seconds
+        )
+
+
 def recommendations_for_user(
     *,
     user_id: str,
@@ -252,20 +260,28 @@ def recommendations_for_user(
         want *= 4  # a category filter keeps a fraction of the model's list
 
     model_name, model_version = settings.MODEL_NAME, None
+    plan = serving_plan(user_id=user_id)
     if not history:
         ranked = sources.popular_items(category=category, window=None, limit=want)
         source = "fallback:popular_category" if category else "fallback:popular"
     else:
+        started = time.perf_counter()
         try:
-            answer = model_gateway.recommend(history, k=want, budget_seconds=budget.remaining())
+            answer = model_gateway.recommend(
+                history, k=want, budget_seconds=budget.remaining(), label=plan.label
+            )
         except model_gateway.ModelUnavailable as exc:
+            _count_arm(plan, error=True)
             logger.warning("model unavailable, serving a fallback: %s", exc)
             ranked, source = _fallback(
                 history=history, category=category, user_id=user_id, want=want
             )
         else:
+            _count_arm(plan, seconds=None if answer.cached else time.perf_counter() - started)
             ranked, source = answer.candidates, SOURCE_CACHE if answer.cached else SOURCE_MODEL
             model_name, model_version = answer.model_name, answer.model_version
+            if plan.shadow_label:
+                shadow.shadow_score(history=history, k=want, shown=ranked, plan=plan)
             if user_id and not answer.cached:
                 _safe_cache_set(
                     _last_good_key(user_id),
@@ -294,7 +310,9 @@ def similar_items(*, item_id: str, count: int, exclude: Sequence[str] = ()) -> S
     want = settings.RECOMMENDATIONS_LIST_LENGTH
     model_name, model_version = settings.MODEL_NAME, None
     try:
-        answer = model_gateway.similar(item_id, k=want, budget_seconds=budget.remaining())
+        answer = model_gateway.similar(
+            item_id, k=want, budget_seconds=budget.remaining(), label=serving_plan(user_id="").label
+        )
         ranked, source = answer.candidates, SOURCE_CACHE if answer.cached else SOURCE_MODEL
         model_name, model_version = answer.model_name, answer.model_version
     except model_gateway.ModelUnavailable as exc:
@@ -356,7 +374,10 @@ def rank_for_user(
     if history:
         try:
             answer = model_gateway.recommend(
-                history, k=model_gateway.RANK_DEPTH, budget_seconds=budget.remaining()
+                history,
+                k=model_gateway.RANK_DEPTH,
+                budget_seconds=budget.remaining(),
+                label=serving_plan(user_id=user_id).label,
             )
             order = {c.item_id: c.score for c in answer.candidates}
             model_name, model_version = answer.model_name, answer.model_version
