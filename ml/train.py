@@ -260,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if result.metrics:
         print(format_table(result.metrics))
+        tuning = result.model_card["offline_evaluation"]["tuning"]  # type: ignore[index]
+        chosen = f"model l2={result.model.params['l2']:g}"
+        if "ease_l2" in tuning:
+            chosen += f", EASE lambda={tuning['ease_l2']:g}"
+        print(f"chosen on a validation split of the training part: {chosen}")
     if result.version_dir is not None:
         print(f"exported version {result.version} -> {result.version_dir}")
     return 0

@@ -178,3 +178,19 @@ def test_contract_check_names_wrong_signatures(tmp_path):
     assert any("missing input(s) history_weights, k" in p for p in problems)
     assert any("missing output(s) scores" in p for p in problems)
     assert check_signatures(tmp_path / "nothing") != []
+
+
+def test_cli_trains_evaluates_and_exports_the_next_version(tmp_path, capsys):
+    from ml import train as train_cli
+
+    shop = generate_storefront(n_users=120, n_items=80, n_events=6_000, seed=2)
+    events = shop.write_events_csv(tmp_path / "events.csv")
+    arguments = ["--events", str(events), "--repository", str(tmp_path / "models"), "--dim", "8"]
+
+    assert train_cli.main([*arguments, "--name", "cli"]) == 0
+    assert train_cli.main([*arguments, "--name", "cli", "--no-evaluate"]) == 0
+
+    out = capsys.readouterr().out
+    assert "popularity" in out and "ease" in out and "EASE lambda=" in out
+    assert "exported version 2" in out
+    assert check_version_dir(tmp_path / "models" / "cli" / "2") == []
