@@ -7,6 +7,7 @@ from celery.schedules import crontab
 
 from recommender.settings.features import FEATURES_NEIGHBOURS_SECONDS, FEATURES_SWEEP_SECONDS
 from recommender.settings.model_server import MODEL_TRAIN_HOUR
+from recommender.settings.registry import REGISTRY_GUARDRAIL_CHECK_SECONDS
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recommender.settings")
 
@@ -29,6 +30,12 @@ app.conf.beat_schedule = {
         "task": "features.neighbours",
         "schedule": FEATURES_NEIGHBOURS_SECONDS,
         "options": {"expires": FEATURES_NEIGHBOURS_SECONDS * 3},
+    },
+    # A canary that keeps breaking a guardrail (error rate, latency, CTR drop) is rolled back.
+    "registry-guard-experiments": {
+        "task": "registry.guard_experiments",
+        "schedule": REGISTRY_GUARDRAIL_CHECK_SECONDS,
+        "options": {"expires": REGISTRY_GUARDRAIL_CHECK_SECONDS * 2},
     },
 }
 if MODEL_TRAIN_HOUR >= 0:

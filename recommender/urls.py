@@ -10,6 +10,7 @@ api_v1 = [
     path("", include("core.system.urls")),
     # Before the catalog: its item and user routes take any path after items/ and users/.
     path("", include("core.recommendations.urls")),
+    path("", include("core.registry.urls")),
     path("", include("core.catalog.urls")),
     path("", include("core.events.urls")),
 ]

@@ -83,9 +83,10 @@ def _zip_members(archive: zipfile.ZipFile) -> Iterator[_Member]:
     for info in archive.infolist():
         relative = _safe_relative(info.filename)
         mode = info.external_attr >> 16
-        if mode and stat.S_ISLNK(mode):
+        kind = stat.S_IFMT(mode)  # 0 when the zip tool recorded no Unix file type
+        if kind and stat.S_ISLNK(mode):
             raise ArchiveRefused(f"member {info.filename!r}: links are not allowed")
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        if kind and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             raise ArchiveRefused(f"member {info.filename!r}: special files are not allowed")
         if relative is None:
             continue
