@@ -111,6 +111,37 @@ def evaluate_scorer(
     return Metrics.from_ranks(held_out_ranks(scorer, train, test_users, test_items))
 
 
+def paired_bootstrap(
+    ranks_a: np.ndarray, ranks_b: np.ndarray, *, k: int = 10, samples: int = 2000, seed: int = 0
+) -> dict[str, list[float]]:
+    """95% bootstrap intervals of the per-user differences a - b in HR@k and NDCG@k.
+
+    Users are resampled together for both models (paired), so the interval reflects how much the
+    conclusion depends on which users happen to be in the test set.
+    """
+    ranks_a, ranks_b = np.asarray(ranks_a, float), np.asarray(ranks_b, float)
+    hit = (ranks_a < k).astype(float) - (ranks_b < k).astype(float)
+
+    def gain(ranks: np.ndarray) -> np.ndarray:
+        return np.where(ranks < k, 1.0 / np.log2(np.minimum(ranks, k) + 2.0), 0.0)
+
+    ndcg = gain(ranks_a) - gain(ranks_b)
+    rng = np.random.default_rng(seed)
+    means: dict[str, list[np.ndarray]] = {f"hr@{k}": [], f"ndcg@{k}": []}
+    for start in range(0, samples, 100):  # chunks keep memory at 100 x n_users
+        picks = rng.integers(0, hit.shape[0], (min(100, samples - start), hit.shape[0]))
+        means[f"hr@{k}"].append(hit[picks].mean(axis=1))
+        means[f"ndcg@{k}"].append(ndcg[picks].mean(axis=1))
+    out = {}
+    for name, chunks in means.items():
+        values = np.concatenate(chunks)
+        out[name] = [
+            round(float(np.percentile(values, 2.5)), 5),
+            round(float(np.percentile(values, 97.5)), 5),
+        ]
+    return out
+
+
 # Baselines ---------------------------------------------------------------------------------------
 
 

@@ -150,12 +150,14 @@ def evaluate_on_split(
         return {"model": reason, "popularity": reason, "ease": reason}, tuning, chosen, 0.0
     model = fit(train_part, chosen)
     metrics: dict[str, dict[str, float | int] | str] = {}
-    metrics["model"] = evaluate.evaluate_scorer(
-        history_scorer(model, train_part), train_part, test_users, test_items
-    ).to_dict()
-    metrics["popularity"] = evaluate.evaluate_scorer(
-        evaluate.popularity_scorer(train_part), train_part, test_users, test_items
-    ).to_dict()
+    ranks = {
+        "model": evaluate.held_out_ranks(
+            history_scorer(model, train_part), train_part, test_users, test_items
+        ),
+        "popularity": evaluate.held_out_ranks(
+            evaluate.popularity_scorer(train_part), train_part, test_users, test_items
+        ),
+    }
     if not evaluate.Ease.feasible(train_part):
         metrics["ease"] = f"skipped: more than {evaluate.EASE_MAX_ITEMS} users and items"
     else:
@@ -166,10 +168,25 @@ def evaluate_on_split(
                 str(k): round(v, 5) for k, v in ease_scores.items()
             }
         tuning["ease_l2"] = l2
-        metrics["ease"] = evaluate.evaluate_scorer(
+        ranks["ease"] = evaluate.held_out_ranks(
             evaluate.Ease(train_part, l2), train_part, test_users, test_items
-        ).to_dict()
-    return metrics, tuning, chosen, tune_seconds
+        )
+    for name, values in ranks.items():
+        metrics[name] = evaluate.Metrics.from_ranks(values).to_dict()
+    tuning["model_minus_baseline_95ci"] = {
+        name: evaluate.paired_bootstrap(ranks["model"], values)
+        for name, values in ranks.items()
+        if name != "model"
+    }
+    return (
+        dict(sorted(metrics.items(), key=lambda kv: ORDER.index(kv[0]))),
+        tuning,
+        chosen,
+        tune_seconds,
+    )
+
+
+ORDER = ("model", "popularity", "ease")
 
 
 def format_table(metrics: dict[str, dict[str, float | int] | str]) -> str:
@@ -265,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         if "ease_l2" in tuning:
             chosen += f", EASE lambda={tuning['ease_l2']:g}"
         print(f"chosen on a validation split of the training part: {chosen}")
+        for name, intervals in tuning.get("model_minus_baseline_95ci", {}).items():
+            shown = ", ".join(f"{m} [{lo:+.4f}, {hi:+.4f}]" for m, (lo, hi) in intervals.items())
+            print(f"model - {name}, paired bootstrap 95% interval: {shown}")
     if result.version_dir is not None:
         print(f"exported version {result.version} -> {result.version_dir}")
     return 0

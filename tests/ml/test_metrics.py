@@ -116,3 +116,15 @@ def test_popularity_scorer_ranks_by_user_count():
     scores = evaluate.popularity_scorer(seq)(np.array([0]))
 
     assert scores[0, 0] > scores[0, 1]
+
+
+def test_paired_bootstrap_interval_excludes_zero_only_for_a_clear_difference():
+    better = np.zeros(200)  # always rank 0
+    worse = np.full(200, 50)  # never in the top 10
+    mixed = np.where(np.arange(200) % 2 == 0, 0, 50)
+
+    clear = evaluate.paired_bootstrap(better, worse)
+    same = evaluate.paired_bootstrap(mixed, mixed[::-1])
+
+    assert clear["hr@10"] == [1.0, 1.0]
+    assert same["ndcg@10"][0] < 0 < same["ndcg@10"][1]
