@@ -5,10 +5,13 @@ from django.utils.functional import cached_property
 
 from .models import Event
 
+# A filtered list counts at most this many matching rows (then shows that many).
+COUNT_CAP = 10_000
+
 
 class EstimatedCountPaginator(Paginator):
-    """Events grow to billions of rows: an unfiltered COUNT(*) would scan them all. Use the
-    planner's estimate when the list is unfiltered on PostgreSQL."""
+    """Events grow to billions of rows: a COUNT(*) would scan them all. Unfiltered on PostgreSQL,
+    use the planner's estimate; filtered, count at most COUNT_CAP + 1 rows."""
 
     @cached_property
     def count(self) -> int:
@@ -20,8 +23,9 @@ class EstimatedCountPaginator(Paginator):
                     "JOIN pg_inherits i ON i.inhrelid = c.oid "
                     "WHERE i.inhparent = 'events_event'::regclass AND c.reltuples > 0"
                 )
-                return int(cursor.fetchone()[0])
-        return super().count
+                row = cursor.fetchone()
+                return int(row[0]) if row else 0
+        return self.object_list.order_by()[: COUNT_CAP + 1].count()  # type: ignore[attr-defined]
 
 
 @admin.register(Event)

@@ -52,3 +52,18 @@ def test_admin_delete_of_a_user_forgets_them_and_of_an_item_soft_deletes_it(staf
     assert not User.objects.exists()
     assert not Event.objects.exists()
     assert Item.objects.get().deleted_at >= now
+
+
+def test_event_list_count_is_capped_when_filtered(staff_client, monkeypatch):
+    from core.events import admin as events_admin
+
+    monkeypatch.setattr(events_admin, "COUNT_CAP", 2)
+    events, _ = EventValidator().validate(
+        [{"event_id": f"c{n}", "user_id": "u", "item_id": "i", "type": "view"} for n in range(5)]
+    )
+    events_ingest(events=events)
+
+    response = staff_client.get("/admin/events/event/?type__exact=view")
+
+    assert response.status_code == 200
+    assert response.context["cl"].result_count == 3
