@@ -464,7 +464,6 @@ def _publish(store: redis.Redis, outcome: Outcome) -> None:
     dumps = orjson.dumps
     item_ids = set(outcome.items) | {row[2] for row in outcome.rows if row[2] is not None}
     catalog = items_catalog(item_ids)
-    commands: list[tuple] = []
     if outcome.users:
         user_ext = external_ids("catalog_user", outcome.users)
         entries: dict[int, list[list[Any]]] = {}
@@ -491,12 +490,12 @@ def _publish(store: redis.Redis, outcome: Outcome) -> None:
             )
         hotstore.users_write(store, users, length)
     zsets: dict[str, dict[str, float]] = {}
-    blobs: dict[str, bytes] = {}
+    blobs: dict[str, str] = {}
     for pk, state in outcome.items.items():
         if pk not in catalog:
             continue
         ext, category = catalog[pk]
-        blobs[hotstore.item_key(ext)] = dumps(item_blob(state))
+        blobs[hotstore.item_key(ext)] = dumps(item_blob(state)).decode()
         scores = {"all": state.popularity}
         for window, value in state.trends.items():
             scores[window] = hotstore.log_trend(value, state.trend_ref, window)
@@ -505,8 +504,4 @@ def _publish(store: redis.Redis, outcome: Outcome) -> None:
             zsets.setdefault(hotstore.zset_key(window), {})[ext] = score
             for prefix in prefixes:
                 zsets.setdefault(hotstore.zset_key(window, prefix), {})[ext] = score
-    if blobs:
-        commands.append(("mset", blobs))
-    for key, members in zsets.items():
-        commands.append(("zadd", key, members))
-    hotstore.run_pipeline(store, commands)
+    hotstore.bulk_write(store, blobs, zsets)

@@ -177,6 +177,22 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     )
 
 
+class Client:
+    """One keep-alive connection to the API that reconnects when the server closed it."""
+
+    def __init__(self, port: int, key: str) -> None:
+        self.port, self.key = port, key
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def post(self, body: bytes) -> dict:
+        try:
+            return post(self.conn, self.key, body)
+        except (OSError, http.client.HTTPException):
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            return post(self.conn, self.key, body)
+
+
 def post(conn: http.client.HTTPConnection, key: str, body: bytes) -> dict:
     conn.request(
         "POST",
@@ -209,7 +225,7 @@ def freshness(args: argparse.Namespace, database_url: str, redis_url: str) -> No
             env, logs / "web.log",
         ),
         start(
-            [python, "-m", "celery", "-A", "recommender", "worker", "--pool=solo",
+            [python, "-m", "celery", "-A", "recommender", "worker", "--concurrency=2",
              "--without-gossip", "--without-mingle", "--loglevel=WARNING"],
             env, logs / "worker.log",
         ),
@@ -231,17 +247,25 @@ def freshness(args: argparse.Namespace, database_url: str, redis_url: str) -> No
             if time.monotonic() > deadline:
                 sys.exit(f"gunicorn did not start; see {logs}")
             time.sleep(0.2)
-        time.sleep(3)  # worker and beat connect
+        # The worker and beat are up once a first event has gone all the way through.
+        client = Client(port, key)
+        client.post(
+            orjson.dumps({"event_id": "warm", "user_id": "warm", "item_id": "i1", "type": "view"})
+        )
+        while store.get(hotstore.user_key("warm")) is None:
+            if time.monotonic() > deadline + 60:
+                sys.exit(f"the worker did not process the first event; see {logs}")
+            time.sleep(0.05)
         stop = threading.Event()
         sent = [0]
         lock = threading.Lock()
 
         def load(thread: int) -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            client = Client(port, key)
             batch = 0
             while not stop.is_set():
                 body = orjson.dumps(event_dicts(args, f"l{thread}-{batch}", 1000, seed=batch))
-                post(conn, key, body)
+                client.post(body)
                 batch += 1
                 with lock:
                     sent[0] += 1000
@@ -249,14 +273,14 @@ def freshness(args: argparse.Namespace, database_url: str, redis_url: str) -> No
         delays: list[float] = []
 
         def probe() -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            client = Client(port, key)
             n = 0
             while not stop.is_set():
                 user = f"probe-{n}"
                 body = orjson.dumps(
                     {"event_id": f"p-{n}", "user_id": user, "item_id": "i1", "type": "click"}
                 )
-                post(conn, key, body)
+                client.post(body)
                 accepted = time.perf_counter()
                 while store.get(hotstore.user_key(user)) is None:
                     if time.perf_counter() - accepted > 60:

@@ -173,6 +173,43 @@ def users_write(store: redis.Redis, users: list[list[Any]], length: int) -> None
         script(args=[length, orjson.dumps(users[start : start + 1000])])
 
 
+# ARGV[1] = JSON {"set": [[key, value], ...], "zadd": [[key, [score, member, ...]], ...]}.
+_WRITE_SCRIPT = """
+local data = cjson.decode(ARGV[1])
+for _, pair in ipairs(data["set"]) do
+  redis.call('SET', pair[1], pair[2])
+end
+for _, entry in ipairs(data["zadd"]) do
+  local key, flat = entry[1], entry[2]
+  local n = #flat
+  local start = 1
+  while start <= n do
+    local stop = math.min(start + 999, n)
+    redis.call('ZADD', key, unpack(flat, start, stop))
+    start = stop + 1
+  end
+end
+return 1
+"""
+
+
+def bulk_write(
+    store: redis.Redis, values: dict[str, str], zsets: dict[str, dict[str, float]]
+) -> None:
+    """SET `values` and ZADD `zsets` ({key: {member: score}}) in one call: one argument to pack,
+    whatever the number of members."""
+    if not values and not zsets:
+        return
+    payload = {
+        "set": [[key, value] for key, value in values.items()],
+        "zadd": [
+            [key, [part for member, score in members.items() for part in (repr(score), member)]]
+            for key, members in zsets.items()
+        ],
+    }
+    store.register_script(_WRITE_SCRIPT)(args=[orjson.dumps(payload)])
+
+
 def run_pipeline(store: redis.Redis, commands: list[tuple], *, chunk: int = 5000) -> None:
     """Send commands [(method name, *args), ...] in pipelined chunks (not atomic: every command is
     idempotent)."""

@@ -102,14 +102,17 @@ def events_highest_id() -> int:
         return cursor.fetchone()[0] or 0
 
 
-def _quiet_bound(after: int) -> int:
-    """PostgreSQL: the highest event id visible now if no other transaction of this database
-    holds a transaction id (then no id at or below it can still appear), else 0. Must run before
-    the events are read. Other feature runs (they hold a features advisory lock) never write
-    events and do not count. Ingestion takes its transaction id before its event ids (its
-    statement claims idempotency keys first), so an ingest in flight is always seen here.
-    pg_locks and pg_stat_activity.datname are readable by any role."""
+def _visibility(after: int) -> tuple[bool, int]:
+    """(busy, highest): whether another transaction of this database holds a transaction id
+    (PostgreSQL; then an id below what is visible may still appear), and the highest event id
+    visible now. Must run before the events are read. Other feature runs (they hold a features
+    advisory lock) never write events and do not count. Ingestion takes its transaction id
+    before its event ids (its statement claims idempotency keys first), so an ingest in flight
+    is always seen here. pg_locks and pg_stat_activity.datname are readable by any role."""
     with connection.cursor() as cursor:
+        if not is_postgresql():
+            cursor.execute("SELECT MAX(id) FROM events_event WHERE id > %s", [after])
+            return False, cursor.fetchone()[0] or 0
         cursor.execute(
             "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted "
@@ -120,13 +123,33 @@ def _quiet_bound(after: int) -> int:
             [list(_ADVISORY_KEYS.values()), after],
         )
         busy, highest = cursor.fetchone()
-    return 0 if busy else (highest or 0)
+        return busy, highest or 0
+
+
+def _next_rows(after: int, limit: int) -> tuple[list[EventRow], int]:
+    """Events in (after, after + limit], or from the next existing id when that range is empty
+    (a long hole: retention, a big rollback): a range on the id index, never a scan that the
+    planner might pick for `id > x ORDER BY id LIMIT n`. Also returns the range's end."""
+    rows = events_fetch(after, limit, after + limit)
+    if rows:
+        return rows, after + limit
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT MIN(id) FROM events_event WHERE id > %s", [after])
+        first = cursor.fetchone()[0]
+    if first is None:
+        return [], after + limit
+    return events_fetch(first - 1, limit, first - 1 + limit), first - 1 + limit
 
 
 def _batch(consumer: Consumer, limit: int) -> BatchResult:
     now = timezone.now()
     with transaction.atomic():
         with connection.cursor() as cursor:
+            if is_postgresql():
+                # A crash may lose the last batches' commits, but whole: tables and watermark go
+                # back together and those events are folded again. Redis then runs ahead of the
+                # tables, which the next run sees (marker > watermark) and rebuilds.
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
             # A write first: on PostgreSQL it locks the row, on SQLite it takes the write lock.
             cursor.execute(
                 "UPDATE features_watermark SET updated_at = %s WHERE consumer = %s",
@@ -134,9 +157,12 @@ def _batch(consumer: Consumer, limit: int) -> BatchResult:
             )
         mark = Watermark.objects.get(pk=consumer.name)
         postgresql = is_postgresql()
-        quiet_bound = _quiet_bound(mark.last_event_id) if postgresql else 0
-        fetched = events_fetch(mark.last_event_id, limit)
-        result = BatchResult(watermark_from=mark.last_event_id, caught_up=len(fetched) < limit)
+        busy, highest = _visibility(mark.last_event_id)
+        quiet_bound = 0 if busy else highest
+        fetched, range_end = (
+            _next_rows(mark.last_event_id, limit) if highest > mark.last_event_id else ([], 0)
+        )
+        result = BatchResult(watermark_from=mark.last_event_id, caught_up=range_end >= highest)
         expected = mark.last_event_id + 1
         gap_changed = False
         kept: list[EventRow] = []
@@ -175,7 +201,7 @@ _ADVISORY_KEYS: dict[str, int] = {}
 
 def _advisory_key(name: str) -> int:
     # One 32-bit key (classid 0, objid = key) per consumer; "activity" and "neighbours" are
-    # registered up front so `_quiet_bound` knows them all.
+    # registered up front so `_visibility` knows them all.
     key = _ADVISORY_KEYS.get(name)
     if key is None:
         key = _ADVISORY_KEYS[name] = zlib.crc32(f"features:{name}".encode()) & 0x7FFFFFFF

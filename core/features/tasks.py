@@ -5,13 +5,18 @@ from __future__ import annotations
 
 from celery import shared_task
 from django.core.cache import cache
+from django.db import OperationalError
 
 from . import services
+
+# Transient database trouble (a restart, a lock timeout): retry a few times, backing off.
+_RETRY = {"autoretry_for": (OperationalError,), "max_retries": 3, "retry_backoff": True}
 
 
 @shared_task(
     name="features.refresh",
     acks_late=True,
+    **_RETRY,
     ignore_result=True,
     time_limit=300,
     soft_time_limit=240,
@@ -30,19 +35,22 @@ def features_refresh_task(trigger: str = "task") -> dict:
 @shared_task(
     name="features.neighbours",
     acks_late=True,
+    **_RETRY,
     ignore_result=True,
     time_limit=600,
     soft_time_limit=540,
 )
 def features_neighbours_task(trigger: str = "beat") -> dict:
-    """Bring co-occurrence neighbours up to date (beat)."""
-    run = services.features_neighbours_refresh(trigger=trigger)
+    """Bring co-occurrence neighbours up to date (beat). A short budget: on a small worker it
+    must not keep the fresh per-user refreshes waiting; the next beat continues."""
+    run = services.features_neighbours_refresh(trigger=trigger, budget=5.0)
     return {"run": run.pk, "status": run.status, "events": run.events_processed}
 
 
 @shared_task(
     name="features.sweep",
     acks_late=True,
+    **_RETRY,
     ignore_result=True,
     time_limit=300,
     soft_time_limit=240,

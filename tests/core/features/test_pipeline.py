@@ -84,7 +84,7 @@ def test_batches_add_up_to_one_big_batch(ingest, store, settings):
     features_rebuild(recompute=True)
 
     # then
-    assert small.batches == 9
+    assert small.batches >= 9 and small.events_processed == 60
     big_rows = {r["item_id"]: r for r in ItemFeatures.objects.values()}
     assert small_rows.keys() == big_rows.keys()
     for pk, row in big_rows.items():
