@@ -83,9 +83,10 @@ def _request_rebuild() -> None:
     """Redis lost the features: ask a worker to rebuild them (once per minute at most)."""
     try:
         if cache.add(_REBUILD_PENDING_KEY, 1, timeout=60):
+            from .services import enqueue_now
             from .tasks import features_rebuild_task
 
-            features_rebuild_task.apply_async(retry=False)
+            enqueue_now(features_rebuild_task)
     except Exception:  # noqa: S110 (the next job run rebuilds anyway)
         pass
 

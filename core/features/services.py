@@ -60,17 +60,21 @@ def features_refresh_trigger() -> None:
             return
         from .tasks import features_refresh_task
 
-        connection = _broker_connection()
-        try:
-            features_refresh_task.apply_async(
-                kwargs={"trigger": "on_commit"}, retry=False, connection=connection
-            )
-        except Exception:
-            _local.__dict__.pop("connection", None)
-            connection.release()
-            raise
+        enqueue_now(features_refresh_task, trigger="on_commit")
     except Exception:  # broker or cache down: the sweep catches up
         logger.warning("features: could not enqueue a refresh", exc_info=True)
+
+
+def enqueue_now(task: Any, **kwargs: Any) -> None:
+    """Send `task` without the broker retries of a default `apply_async` (seconds when the
+    broker is down): for the request path. Raises when the broker is unreachable."""
+    connection = _broker_connection()
+    try:
+        task.apply_async(kwargs=kwargs, retry=False, connection=connection)
+    except Exception:
+        _local.__dict__.pop("connection", None)
+        connection.release()
+        raise
 
 
 _local = threading.local()

@@ -260,3 +260,20 @@ def test_unknown_user_has_no_history(store):
     assert selectors.user_features(user_id="nobody") is None
     assert selectors.item_features(item_id="nothing") is None
     assert math.isfinite(hotstore.log_trend(0.0, 0.0, "1h"))
+
+
+def test_redis_unreachable_selectors_read_the_database(ingest, store, settings):
+    # given: features computed, then Redis unreachable (nothing listens on port 1)
+    ingest([("u1", "a", "view"), ("u1", "b", "purchase")])
+    features_refresh(trigger="test")
+    settings.FEATURES_REDIS_URL = "redis://127.0.0.1:1/0"
+    hotstore.reset_clients()
+
+    # when
+    history = selectors.user_history(user_id="u1")
+    popular = selectors.item_popular(window="24h")
+
+    # then
+    assert [e.item_id for e in history] == ["a", "b"]
+    assert [s.item_id for s in popular] == ["b", "a"]
+    assert selectors.item_unavailable_among(["a", "b"]) == set()
