@@ -32,6 +32,7 @@ class ModelParams:
     decays: tuple[float, ...] = (1.0, 0.9, 0.5)  # recency decay per history step, one block each
     norm_power: float = 0.5  # 0: plain sums, 1: weighted means
     l2: float = 10.0  # ridge penalty on the output embeddings
+    user_balance: float = 0.5  # training positions weigh length(user) ** -user_balance
     svd_oversample: int = 16
     svd_iterations: int = 3
     seed: int = 0
@@ -110,7 +111,7 @@ def fit(train: Sequences, params: ModelParams | None = None) -> TrainedModel:
 def tune_l2(
     train: Sequences,
     params: ModelParams,
-    grid: tuple[float, ...] = (1.0, 10.0, 100.0),
+    grid: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0),
     *,
     max_users: int = 5000,
 ) -> tuple[float, dict[float, float]]:
@@ -159,9 +160,10 @@ class _Statistics:
         features = len(params.decays) * dim + 1
         gram = np.zeros((features, features), dtype=np.float64)
         cross = np.zeros((n_items, features), dtype=np.float64)
-        for z, targets in _training_positions(train, basis, params):
-            gram += (z.T @ z).astype(np.float64)
-            cross += segment_sum(z, targets, n_items)
+        for z, targets, weight in _training_positions(train, basis, params):
+            weighted = z * weight[:, None]
+            gram += (weighted.T @ z).astype(np.float64)
+            cross += segment_sum(weighted, targets, n_items)
         return cls(train, params, basis, gram, cross)
 
     def solve(self, l2: float) -> TrainedModel:
@@ -211,7 +213,7 @@ def item_basis(train: Sequences, dim: int, params: ModelParams) -> np.ndarray:
 
 def _training_positions(
     train: Sequences, basis: np.ndarray, params: ModelParams, chunk: int = 65536
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield (features of the history before position t, item at t) for every position.
 
     Walks all users in lock-step over positions, keeping the decayed sums as running state, so the
@@ -229,6 +231,10 @@ def _training_positions(
     total = np.zeros((n_blocks, order.shape[0]), dtype=np.float32)
     pending_z: list[np.ndarray] = []
     pending_t: list[np.ndarray] = []
+    pending_w: list[np.ndarray] = []
+    # Each position counts length ** -user_balance: 1 lets every user weigh the same in total
+    # (as in the per-user evaluation), 0 lets heavy users dominate.
+    user_weight = np.power(np.maximum(sorted_lengths, 1), -params.user_balance).astype(np.float32)
     pending = 0
     for t in range(max_len):
         active = _count_longer(sorted_lengths, t)
@@ -242,17 +248,18 @@ def _training_positions(
             z[:, b * dim : (b + 1) * dim] = state[b, :active] * scale[:, None]
         pending_z.append(z)
         pending_t.append(items)
+        pending_w.append(user_weight[:active])
         pending += active
         if pending >= chunk:
-            yield np.concatenate(pending_z), np.concatenate(pending_t)
-            pending_z, pending_t, pending = [], [], 0
+            yield np.concatenate(pending_z), np.concatenate(pending_t), np.concatenate(pending_w)
+            pending_z, pending_t, pending_w, pending = [], [], [], 0
         w = train.weights[entries]
         vectors = basis[items] * w[:, None]
         for b in range(n_blocks):
             state[b, :active] = state[b, :active] * decays[b] + vectors
             total[b, :active] = total[b, :active] * decays[b] + w
     if pending:
-        yield np.concatenate(pending_z), np.concatenate(pending_t)
+        yield np.concatenate(pending_z), np.concatenate(pending_t), np.concatenate(pending_w)
 
 
 def segment_sum(values: np.ndarray, segments: np.ndarray, n_segments: int) -> np.ndarray:

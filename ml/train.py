@@ -45,7 +45,7 @@ from ml.sequences import Sequences, build_sequences, leave_last_out
 class TrainParams:
     model: ModelParams = field(default_factory=ModelParams)
     tune: bool = True  # choose the ridge penalty on a validation split (else model.l2)
-    l2_grid: tuple[float, ...] = (1.0, 10.0, 100.0)
+    l2_grid: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
     evaluate: bool = True  # leave-last-out table with the baselines
     ease_grid: tuple[float, ...] = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
     event_weights: dict[str, float] | None = None  # recorded in the model card
