@@ -150,6 +150,8 @@ def _batch(consumer: Consumer, limit: int) -> BatchResult:
                 # back together and those events are folded again. Redis then runs ahead of the
                 # tables, which the next run sees (marker > watermark) and rebuilds.
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
+                # The fold sorts and hashes a whole batch: keep it in memory.
+                cursor.execute("SET LOCAL work_mem = '64MB'")
             # A write first: on PostgreSQL it locks the row, on SQLite it takes the write lock.
             cursor.execute(
                 "UPDATE features_watermark SET updated_at = %s WHERE consumer = %s",

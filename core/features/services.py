@@ -211,18 +211,21 @@ def _hot_user_forget(external_id: str) -> None:
         hotstore.mark_down(exc)
 
 
-def features_rebuild(*, recompute: bool = False, trigger: str = "rebuild") -> dict[str, Any]:
+def features_rebuild(
+    *, recompute: bool = False, trigger: str = "rebuild", force: bool = True
+) -> dict[str, Any]:
     """Rebuild Redis from PostgreSQL (`manage.py rebuild_features`). With `recompute`, first
-    recompute every feature table from the events table (from watermark 0)."""
+    recompute every feature table from the events table (from watermark 0). Without `force`,
+    only what Redis lost (a consumer whose marker is missing) is rebuilt."""
     report: dict[str, Any] = {}
     store = hotstore.client("job")
     for name, consumer in CONSUMERS.items():
-        if store is not None and not recompute:
+        if store is not None and force and not recompute:
             with contextlib.suppress(redis.RedisError):
                 store.delete(hotstore.marker_key(name))  # the run below rebuilds from the tables
         run = consumer_run(consumer, trigger=trigger, budget=float("inf"), reset=recompute)
         report[name] = {"status": str(run.status), "events": run.events_processed}
-    report["catalog"] = features_catalog_sync(full=True)
+    report["catalog"] = features_catalog_sync(full=force)
     return report
 
 

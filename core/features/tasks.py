@@ -68,5 +68,6 @@ def features_sweep_task() -> dict:
     soft_time_limit=3500,
 )
 def features_rebuild_task() -> dict:
-    """Rebuild Redis from the tables (serving enqueues this when it finds Redis empty)."""
-    return services.features_rebuild(trigger="auto-rebuild")
+    """Rebuild what Redis lost from the tables (serving enqueues this when it finds Redis
+    empty)."""
+    return services.features_rebuild(trigger="auto-rebuild", force=False)
