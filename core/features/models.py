@@ -103,7 +103,7 @@ class ItemFeatures(models.Model):
 
 class ItemPair(models.Model):
     """How often two items were interacted with together by one shopper (`kind` view or buy).
-    Both directions are stored, so an item's neighbours are one index range."""
+    One row per unordered pair: `item_id` < `other_id`."""
 
     pk = models.CompositePrimaryKey("kind", "item_id", "other_id")
     kind = models.CharField(max_length=8)

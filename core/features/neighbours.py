@@ -69,8 +69,9 @@ class NeighboursConsumer:
                 recent = contexts[context_key] = []
             for other in recent:
                 if other != item_id:
-                    pairs[(kind, item_id, other)] += 1.0
-                    pairs[(kind, other, item_id)] += 1.0
+                    # One row per unordered pair (lower id first); both items' top-Ks use it.
+                    low, high = (item_id, other) if item_id < other else (other, item_id)
+                    pairs[(kind, low, high)] += 1.0
             if item_id in recent:
                 recent.remove(item_id)
             recent.append(item_id)
@@ -89,8 +90,9 @@ class NeighboursConsumer:
         )
         counts = _pairs_add(pairs)
         changed: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
-        for (kind, item_id, other), count in counts.items():
-            changed[(kind, item_id)][other] = count
+        for (kind, low, high), count in counts.items():
+            changed[(kind, low)][high] = count
+            changed[(kind, high)][low] = count
         old = tops_load({item_id for _, item_id in changed})
         size = settings.FEATURES_NEIGHBOURS_K
         tops: Tops = {}
