@@ -7,21 +7,16 @@ from __future__ import annotations
 import io
 import tarfile
 import threading
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
-from django.utils import timezone
 
-from core.catalog.models import Item, User
-from core.events.models import Event
 from core.registry.models import AuditEntry, ModelVersion, VersionStatus
 from core.registry.services import model_version_deploy, model_version_validate
 
-from .conftest import NUM_ITEMS
-from .helpers import push_and_validate
+from .helpers import push_and_validate, shoppers_who_buy_pairs
 
 pytestmark = pytest.mark.django_db
 
@@ -222,42 +217,12 @@ def test_push_model_command(repository, exported, archives, capsys):
     assert ModelVersion.objects.filter(status=VersionStatus.FAILED).count() == 1
 
 
-def _shoppers_who_buy_pairs(users: int) -> None:
-    """Each shopper views item 2j, then item 2j+1: the paired model predicts that."""
-    now = timezone.now()
-    items = {
-        item.external_id: item
-        for item in Item.objects.bulk_create(
-            Item(external_id=f"item-{i}", created_at=now, updated_at=now) for i in range(NUM_ITEMS)
-        )
-    }
-    created = User.objects.bulk_create(
-        User(external_id=f"u{u}", created_at=now, updated_at=now) for u in range(users)
-    )
-    events = []
-    for index, user in enumerate(created):
-        pair = (index % (NUM_ITEMS // 2)) * 2
-        for offset, item in enumerate((pair, pair + 1)):
-            moment = now - timedelta(hours=2) + timedelta(minutes=offset)
-            events.append(
-                Event(
-                    event_id=f"e{index}-{offset}",
-                    user=user,
-                    item=items[f"item-{item}"],
-                    type="view",
-                    timestamp=moment,
-                    ingested_at=moment,
-                )
-            )
-    Event.objects.bulk_create(events)
-
-
 def test_offline_gate_refuses_a_worse_challenger_unless_forced(
     repository, archives, model_server, settings
 ):
     # given a good stable version and recent shoppers
     settings.REGISTRY_EVAL_MIN_USERS = 10
-    _shoppers_who_buy_pairs(60)
+    shoppers_who_buy_pairs(60)
     stable = push_and_validate(archives["good"])
     assert stable.offline_metrics["gate"] == "passed"
     assert stable.offline_metrics["challenger"]["hr@10"] > 0.9
@@ -274,3 +239,15 @@ def test_offline_gate_refuses_a_worse_challenger_unless_forced(
     assert forced.status == VersionStatus.READY
     assert forced.offline_metrics["gate"] == "forced"
     assert forced.offline_metrics["stable"]["version"] == 1
+
+
+def test_a_trained_version_is_registered_ready(repository, settings):
+    from core.registry.services import model_train
+
+    shoppers_who_buy_pairs(60)
+    outcome = model_train(evaluate=False, tune=False)
+    version = ModelVersion.objects.get(number=outcome.version)
+    assert version.status == VersionStatus.READY, version.status_reason
+    assert version.source == "train" and version.pushed_by == "train_model"
+    assert version.model_card  # read from assets.extra/model_card.json
+    assert _numbered_folders(repository) == [str(outcome.version)]
