@@ -50,6 +50,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=4, help="load client connections")
     parser.add_argument("--web-workers", type=int, default=3, help="gunicorn workers")
     parser.add_argument("--probe-interval", type=float, default=0.1)
+    parser.add_argument("--shape", choices=("uniform", "sessions"), default="uniform")
+    parser.add_argument("--session-length", type=float, default=10.0)
     parser.add_argument("--skip", default="", help="comma-separated: throughput,freshness")
     return parser.parse_args()
 
@@ -79,18 +81,31 @@ def zipf_index(rng: random.Random, size: int) -> int:
 
 
 def event_dicts(args: argparse.Namespace, prefix: str, count: int, seed: int) -> list[dict]:
+    """`uniform`: every event by a random shopper (the ingestion benchmark's shape; the worst
+    case for per-shopper writes). `sessions`: 500 shoppers browse at once, each for a visit of
+    `--session-length` events on average, interleaved (how storefront traffic arrives)."""
     rng = random.Random(seed)
     now = datetime.now(tz=UTC)
-    return [
-        {
-            "event_id": f"{prefix}-{n}",
-            "user_id": f"u{rng.randrange(args.users)}",
-            "item_id": f"i{zipf_index(rng, args.items)}",
-            "type": rng.choice(TYPES),
-            "timestamp": (now - timedelta(seconds=rng.randrange(7 * 86400))).isoformat(),
-        }
-        for n in range(count)
-    ]
+    open_sessions = [rng.randrange(args.users) for _ in range(500)]
+    events = []
+    for n in range(count):
+        if args.shape == "sessions":
+            slot = rng.randrange(len(open_sessions))
+            user = open_sessions[slot]
+            if rng.random() < 1.0 / args.session_length:
+                open_sessions[slot] = rng.randrange(args.users)
+        else:
+            user = rng.randrange(args.users)
+        events.append(
+            {
+                "event_id": f"{prefix}-{n}",
+                "user_id": f"u{user}",
+                "item_id": f"i{zipf_index(rng, args.items)}",
+                "type": rng.choice(TYPES),
+                "timestamp": (now - timedelta(seconds=rng.randrange(7 * 86400))).isoformat(),
+            }
+        )
+    return events
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -131,7 +146,10 @@ def throughput(args: argparse.Namespace) -> None:
             for n, row in enumerate(event_dicts(args, f"t{start}", count, seed=start))
         ]
         events_ingest(events=events, use_copy=True, id_cache={})
-    print(f"loaded {args.events:,} events in {time.perf_counter() - started:.1f} s")
+    print(
+        f"loaded {args.events:,} events ({args.shape}, {args.users:,} shoppers, {args.items:,} "
+        f"items) in {time.perf_counter() - started:.1f} s; load average {os.getloadavg()[0]:.1f}"
+    )
 
     redis_url = settings.FEATURES_REDIS_URL
     for label, consumer_name, url in (
@@ -335,6 +353,9 @@ def main() -> None:
     if "throughput" not in skip:
         throughput(args)
     if "freshness" not in skip:
+        from core.features.services import features_rebuild
+
+        features_rebuild()  # start with Redis agreeing with the tables, as a running system does
         freshness(args, database_url, redis_url)
 
 
