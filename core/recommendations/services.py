@@ -142,22 +142,40 @@ def _serve_page(stored: StoredList, *, page: int, count: int) -> ServedPage:
 
 
 def _log_impression(stored: StoredList, served: ServedPage) -> None:
+    # One INSERT ... ON CONFLICT DO UPDATE (a page served again is overwritten), not
+    # update_or_create's savepoint + SELECT FOR UPDATE + INSERT: this runs on every request.
     try:
-        Impression.objects.update_or_create(
-            recommendation_id=served.recommendation_id,
-            page=served.page,
-            defaults={
-                "surface": stored.surface,
-                "user_external_id": stored.user_id[:255],
-                "model_name": stored.model_name,
-                "model_version": stored.model_version,
-                "source": stored.source,
-                "item_ids": [c.item_id for c in served.items],
-                "offset": served.offset,
-            },
+        Impression.objects.bulk_create(
+            [
+                Impression(
+                    recommendation_id=served.recommendation_id,
+                    page=served.page,
+                    surface=stored.surface,
+                    user_external_id=stored.user_id[:255],
+                    model_name=stored.model_name,
+                    model_version=stored.model_version,
+                    source=stored.source,
+                    item_ids=[c.item_id for c in served.items],
+                    offset=served.offset,
+                )
+            ],
+            update_conflicts=True,
+            unique_fields=["recommendation_id", "page"],
+            update_fields=_IMPRESSION_UPDATE_FIELDS,
         )
     except Exception:  # an impression lost is better than a storefront without recommendations
         logger.exception("could not log impression %s", served.recommendation_id)
+
+
+_IMPRESSION_UPDATE_FIELDS = [
+    "surface",
+    "user_external_id",
+    "model_name",
+    "model_version",
+    "source",
+    "item_ids",
+    "offset",
+]
 
 
 def _finish(
