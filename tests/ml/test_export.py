@@ -194,3 +194,14 @@ def test_cli_trains_evaluates_and_exports_the_next_version(tmp_path, capsys):
     assert "popularity" in out and "ease" in out and "EASE lambda=" in out
     assert "exported version 2" in out
     assert check_version_dir(tmp_path / "models" / "cli" / "2") == []
+
+
+def test_evaluation_samples_test_users_above_the_cap():
+    from ml.train import train
+
+    shop = generate_storefront(n_users=150, n_items=60, n_events=5_000, seed=4)
+
+    result = train(shop.interactions(), TrainParams(max_eval_users=40, tune=False))
+
+    assert result.metrics["model"]["users"] == 40
+    assert result.metrics["ease"]["users"] == 40
