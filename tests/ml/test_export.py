@@ -205,3 +205,17 @@ def test_evaluation_samples_test_users_above_the_cap():
 
     assert result.metrics["model"]["users"] == 40
     assert result.metrics["ease"]["users"] == 40
+
+
+def test_zero_width_history_duplicates_and_negative_k_are_handled(exported):
+    result, loaded, _ = exported
+    a = str(result.model.item_ids[0])
+
+    empty, _ = _recommend(loaded, np.zeros((2, 0), dtype=bytes), np.zeros((2, 0)), 3)
+    popular, _ = _recommend(loaded, [[""]], [[0.0]], 3)
+    twice, _ = _recommend(loaded, [[a, a], [a, ""]], [[1.0, 1.0], [1.0, 0.0]], 4)
+    none, scores = _recommend(loaded, [[a]], [[1.0]], -5)
+
+    assert empty == [popular[0], popular[0]]
+    assert a not in twice[0] and a not in twice[1]
+    assert none == [[]] and scores.shape == (1, 0)
