@@ -229,6 +229,20 @@ def single_event_latency(port: int, key: str, args: argparse.Namespace) -> list[
     return sorted(latencies)
 
 
+def single_event_sequential(port: int, key: str, args: argparse.Namespace, count: int) -> list:
+    """One client, one request at a time: the server's own latency, without queueing."""
+    bodies = [orjson.dumps(event) for event in make_events(args, prefix="seq", count=count)]
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    latencies = []
+    for body in bodies:
+        started = time.perf_counter()
+        conn.request("POST", "/api/v1/events", body, headers)
+        conn.getresponse().read()
+        latencies.append(time.perf_counter() - started)
+    return sorted(latencies)
+
+
 def raw_copy_rate(connection_url: str, expected: int) -> float:
     """COPY the rows the HTTP run stored back into the (emptied) table, and time it."""
     columns = (
@@ -342,6 +356,13 @@ def main() -> None:
             )
             assert totals["accepted"] == args.events, "events lost or double-counted"
         if "latency" not in skip:
+            sequential = single_event_sequential(server.port, key, args, 500)
+            print(
+                f"single event, one at a time: {len(sequential)} requests, "
+                f"p50 {percentile(sequential, 0.5) * 1000:.1f} ms, "
+                f"p99 {percentile(sequential, 0.99) * 1000:.1f} ms, "
+                f"{len(sequential) / sum(sequential):,.0f} requests/s"
+            )
             latencies = single_event_latency(server.port, key, args)
             results["p99_ms"] = percentile(latencies, 0.99) * 1000
             print(
@@ -370,7 +391,9 @@ def main() -> None:
                 f"{report.rate:,.0f} events/s (accepted {report.accepted:,}, duplicates "
                 f"{report.duplicates:,}, rejected {report.rejected:,}) via {report.path}"
             )
+    load = os.getloadavg()
     print("summary:", ", ".join(f"{name}={value:,.1f}" for name, value in results.items()))
+    print(f"machine: {os.cpu_count()} cores, load average at the end {load[0]:.1f} {load[1]:.1f}")
 
 
 if __name__ == "__main__":

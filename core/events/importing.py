@@ -37,6 +37,10 @@ MOVIELENS_MAPPING = {
 }
 
 
+# Guards ImportReport: the reading thread and the writer threads all count into it.
+_report_lock = threading.Lock()
+
+
 class ImportFormatError(ValueError):
     """The file or the mapping cannot be read at all (as opposed to a bad row)."""
 
@@ -182,9 +186,10 @@ def events_import(
     file_format: str = "auto",
     mapping: dict[str, str] | None = None,
     default_type: str | None = None,
-    chunk_size: int = 50_000,
+    chunk_size: int = 20_000,
     max_errors: int = 20,
     progress: Callable[[ImportReport], None] | None = None,
+    writers: int = 2,
 ) -> ImportReport:
     """Import a file; each chunk is validated and committed on its own (a crash loses at most the
     chunk in flight, and re-running the import skips what was stored). Errors name file lines."""
@@ -196,15 +201,18 @@ def events_import(
         rows = (_csv_rows if file_format == "csv" else _jsonl_rows)(
             stream, dict(mapping or {}), default_type
         )
-        return _load(rows, chunk_size=chunk_size, max_errors=max_errors, progress=progress)
+        return _load(
+            rows, chunk_size=chunk_size, max_errors=max_errors, progress=progress, writers=writers
+        )
 
 
 def events_load(
     *,
     events: Iterable[dict[str, Any]],
-    chunk_size: int = 50_000,
+    chunk_size: int = 20_000,
     max_errors: int = 20,
     progress: Callable[[ImportReport], None] | None = None,
+    writers: int = 2,
 ) -> ImportReport:
     """Bulk-load events given as API-shaped dicts (`event_id`, `user_id`, `item_id`, `type`,
     `value`, `timestamp`, ...): the fastest way in for generated data such as the demo's synthetic
@@ -217,7 +225,9 @@ def events_load(
                 event = {**event, "event_id": _event_id(orjson.dumps(event).decode())}
             yield index, event
 
-    return _load(numbered(), chunk_size=chunk_size, max_errors=max_errors, progress=progress)
+    return _load(
+        numbered(), chunk_size=chunk_size, max_errors=max_errors, progress=progress, writers=writers
+    )
 
 
 def _load(
@@ -226,6 +236,7 @@ def _load(
     chunk_size: int,
     max_errors: int,
     progress: Callable[[ImportReport], None] | None,
+    writers: int,
 ) -> ImportReport:
     report = ImportReport(
         path="COPY into a staging table (PostgreSQL)"
@@ -235,17 +246,20 @@ def _load(
     started = time.perf_counter()
     id_cache: dict[tuple[str, str], int] = {}
     validator = EventValidator()
-    # Outside a transaction, a second thread stores chunk n while this one reads and validates
-    # chunk n+1 (two cores busy). Inside one (tests, callers' atomic blocks), store inline so
-    # everything stays in the caller's transaction.
-    writer = _Writer(report, id_cache, max_errors) if not connection.in_atomic_block else None
+    # Outside a transaction, writer threads store chunks while this one reads and validates the
+    # next. Inside one (tests, callers' atomic blocks), store inline so everything stays in the
+    # caller's transaction.
+    writer = (
+        _Writer(report, max_errors, writers) if writers and not connection.in_atomic_block else None
+    )
     chunk: list[Any] = []
     lines: list[int] = []
 
     def flush() -> None:
         valid, errors = validator.validate(chunk, indexes=lines)
-        report.rejected += len({error.index for error in errors})
-        _keep_errors(report, errors, max_errors)
+        with _report_lock:
+            report.rejected += len({error.index for error in errors})
+            _keep_errors(report, errors, max_errors)
         if writer is not None:
             writer.put(valid)
         else:
@@ -258,8 +272,9 @@ def _load(
         for line, row in rows:
             report.read += 1
             if isinstance(row, str):  # the row could not even be read
-                report.rejected += 1
-                _keep_errors(report, [RowError(line, None, "unreadable", row)], max_errors)
+                with _report_lock:
+                    report.rejected += 1
+                    _keep_errors(report, [RowError(line, None, "unreadable", row)], max_errors)
                 continue
             chunk.append(row)
             lines.append(line)
@@ -289,31 +304,37 @@ def _store(
     max_errors: int,
 ) -> None:
     result = events_ingest(events=valid, use_copy=True, id_cache=id_cache)
-    report.accepted += result.accepted
-    report.duplicates += result.duplicates
-    report.rejected += result.rejected
-    _keep_errors(report, result.errors, max_errors)
+    with _report_lock:
+        report.accepted += result.accepted
+        report.duplicates += result.duplicates
+        report.rejected += result.rejected
+        _keep_errors(report, result.errors, max_errors)
 
 
 class _Writer:
-    """Stores chunks on its own thread (and database connection), one chunk ahead at most."""
+    """Stores chunks on `threads` threads, each with its own database connection (PostgreSQL
+    works on several chunks at once: two cores busy), at most one chunk queued per thread.
+    Concurrent chunks are safe: keys, users and items are claimed with ON CONFLICT in one sorted
+    order. Each thread keeps its own id cache, filled only by its own transactions."""
 
-    def __init__(
-        self, report: ImportReport, id_cache: dict[tuple[str, str], int], max_errors: int
-    ) -> None:
+    def __init__(self, report: ImportReport, max_errors: int, threads: int) -> None:
         self.report = report
-        self.id_cache = id_cache
         self.max_errors = max_errors
-        self.queue: queue.Queue[list[EventIn] | None] = queue.Queue(maxsize=1)
+        self.queue: queue.Queue[list[EventIn] | None] = queue.Queue(maxsize=threads)
         self.failure: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="import-writer", daemon=True)
-        self.thread.start()
+        self.threads = [
+            threading.Thread(target=self._run, name=f"import-writer-{n}", daemon=True)
+            for n in range(threads)
+        ]
+        for thread in self.threads:
+            thread.start()
 
     def _run(self) -> None:
+        id_cache: dict[tuple[str, str], int] = {}
         try:
             while (valid := self.queue.get()) is not None:
                 if self.failure is None:
-                    _store(self.report, valid, self.id_cache, self.max_errors)
+                    _store(self.report, valid, id_cache, self.max_errors)
         except BaseException as exc:  # handed to the reading thread
             self.failure = exc
             while self.queue.get() is not None:  # drain so the reader never blocks
@@ -327,7 +348,9 @@ class _Writer:
         self.queue.put(valid)
 
     def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
+        for _ in self.threads:
+            self.queue.put(None)
+        for thread in self.threads:
+            thread.join()
         if self.failure is not None:
             raise self.failure

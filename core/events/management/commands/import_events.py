@@ -23,14 +23,17 @@ class Command(BaseCommand):
             "'user_id=userId,item_id=movieId,value=rating,timestamp=timestamp'",
         )
         parser.add_argument("--type", default=None, help="event type for rows without one")
-        parser.add_argument("--chunk-size", type=int, default=50_000)
+        parser.add_argument("--chunk-size", type=int, default=20_000, help="rows a transaction")
+        parser.add_argument(
+            "--writers", type=int, default=2, help="threads storing chunks (0: store inline)"
+        )
         parser.add_argument("--max-errors", type=int, default=20, help="bad rows to print")
 
     def handle(self, *args, file: Path, **options) -> None:
         if not file.is_file():
             raise CommandError(f"{file}: no such file")
-        if options["chunk_size"] < 1:
-            raise CommandError("--chunk-size must be at least 1")
+        if options["chunk_size"] < 1 or options["writers"] < 0:
+            raise CommandError("--chunk-size must be at least 1 and --writers at least 0")
         try:
             mapping = parse_mapping(options["map"])
             report = events_import(
@@ -39,6 +42,7 @@ class Command(BaseCommand):
                 mapping=mapping,
                 default_type=options["type"],
                 chunk_size=options["chunk_size"],
+                writers=options["writers"],
                 max_errors=options["max_errors"],
                 progress=self._progress if options["verbosity"] > 1 else None,
             )
