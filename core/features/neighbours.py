@@ -9,6 +9,7 @@ fresh per-user features down.
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -19,7 +20,7 @@ from django.conf import settings
 
 from . import hotstore
 from .activity import external_ids
-from .bulk import fetch_by_ids, is_postgresql, upsert
+from .bulk import fetch_by_ids, is_postgresql, raw_cursor, upsert
 from .models import ItemNeighbours, ItemPair, NeighbourContext
 from .pipeline import EventRow
 
@@ -99,7 +100,7 @@ class NeighboursConsumer:
         for key, updates in changed.items():
             merged = {other: count for other, count in old.get(key, [])}
             merged.update(updates)
-            best = sorted(merged.items(), key=lambda pair: (-pair[1], pair[0]))[:size]
+            best = heapq.nlargest(size, merged.items(), key=_rank)
             tops[key] = [[other, count] for other, count in best]
         upsert(
             ItemNeighbours._meta.db_table,
@@ -142,21 +143,45 @@ class NeighboursConsumer:
         ItemNeighbours.objects.all().delete()
 
 
+_PAIRS_SQL = """
+INSERT INTO features_itempair AS f (kind, item_id, other_id, count)
+SELECT %(kind)s, u.item_id, u.other_id, u.count
+FROM unnest(%(items)b::bigint[], %(others)b::bigint[], %(counts)b::float8[])
+    AS u(item_id, other_id, count)
+ON CONFLICT (kind, item_id, other_id) DO UPDATE SET count = f.count + EXCLUDED.count
+RETURNING item_id, other_id, count
+"""
+
+
+def _rank(pair: tuple[int, float]) -> tuple[float, int]:
+    # Highest count first, then the lower id.
+    return (pair[1], -pair[0])
+
+
 def _pairs_add(pairs: dict[tuple[str, int, int], float]) -> dict[tuple[str, int, int], float]:
     """Add `pairs` to ItemPair; the stored counts afterwards."""
     table = ItemPair._meta.db_table
     columns = [("kind", "text"), ("item_id", "bigint"), ("other_id", "bigint"), ("count", "float8")]
     rows = [(kind, item, other, count) for (kind, item, other), count in sorted(pairs.items())]
     if is_postgresql():
-        written = upsert(
-            table,
-            columns,
-            ["kind", "item_id", "other_id"],
-            rows,
-            add=["count"],
-            returning=["kind", "item_id", "other_id", "count"],
-        )
-        return {(kind, item, other): count for kind, item, other, count in written}
+        stored: dict[tuple[str, int, int], float] = {}
+        with raw_cursor() as cursor:
+            for kind in KINDS:  # the kind as one parameter, not an array of 100,000 strings
+                chosen = [row for row in rows if row[0] == kind]
+                if not chosen:
+                    continue
+                cursor.execute(
+                    _PAIRS_SQL,
+                    {
+                        "kind": kind,
+                        "items": [row[1] for row in chosen],
+                        "others": [row[2] for row in chosen],
+                        "counts": [row[3] for row in chosen],
+                    },
+                )
+                for item, other, count in cursor.fetchall():
+                    stored[(kind, item, other)] = count
+        return stored
     upsert(table, columns, ["kind", "item_id", "other_id"], rows, add=["count"])
     stored = fetch_by_ids(table, "item_id", ["kind", "other_id", "count"], {r[1] for r in rows})
     return {
