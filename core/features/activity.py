@@ -258,12 +258,12 @@ class ActivityConsumer:
                 state.weight_sum += old.weight_sum
                 state.last_event_at = max(state.last_event_at, old.last_event_at)
         old_items = items_load(items)
-        for pk, state in items.items():
-            old = old_items.get(pk)
-            if old is not None:
-                state.counts = _add_counts(old.counts, state.counts)
-                state.popularity += old.popularity
-                _merge_trends(old, state)
+        for pk, item in items.items():
+            old_item = old_items.get(pk)
+            if old_item is not None:
+                item.counts = _add_counts(old_item.counts, item.counts)
+                item.popularity += old_item.popularity
+                _merge_trends(old_item, item)
         dumps = orjson.dumps
         upsert(
             UserFeatures._meta.db_table,
@@ -491,14 +491,14 @@ def _publish(store: redis.Redis, outcome: Outcome) -> None:
         hotstore.users_write(store, users, length)
     zsets: dict[str, dict[str, float]] = {}
     blobs: dict[str, str] = {}
-    for pk, state in outcome.items.items():
+    for pk, item in outcome.items.items():
         if pk not in catalog:
             continue
         ext, category = catalog[pk]
-        blobs[hotstore.item_key(ext)] = dumps(item_blob(state)).decode()
-        scores = {"all": state.popularity}
-        for window, value in state.trends.items():
-            scores[window] = hotstore.log_trend(value, state.trend_ref, window)
+        blobs[hotstore.item_key(ext)] = dumps(item_blob(item)).decode()
+        scores = {"all": item.popularity}
+        for window, value in item.trends.items():
+            scores[window] = hotstore.log_trend(value, item.trend_ref, window)
         prefixes = hotstore.category_prefixes(category)
         for window, score in scores.items():
             zsets.setdefault(hotstore.zset_key(window), {})[ext] = score

@@ -159,8 +159,9 @@ def throughput(args: argparse.Namespace) -> None:
     ):
         settings.FEATURES_REDIS_URL = url
         hotstore.reset_clients()
-        if url:
-            hotstore.client("job").flushdb()
+        store = hotstore.client("job")
+        if store is not None:
+            store.flushdb()
         started = time.perf_counter()
         run = consumer_run(
             CONSUMERS[consumer_name], trigger="bench", budget=float("inf"), reset=True

@@ -62,7 +62,8 @@ class NeighboursConsumer:
         contexts = _contexts_load({row[1] for row in relevant})
         touched_contexts: set[tuple[str, int]] = set()
         pairs: dict[tuple[str, int, int], float] = defaultdict(float)
-        for _, user_id, item_id, event_type, _, _ in relevant:
+        for _, user_id, item_or_none, event_type, _, _ in relevant:
+            item_id = int(item_or_none or 0)  # `relevant` has items only
             kind = kind_of[event_type]
             context_key = (kind, user_id)
             recent = contexts.get(context_key)
@@ -183,10 +184,10 @@ def _pairs_add(pairs: dict[tuple[str, int, int], float]) -> dict[tuple[str, int,
                     stored[(kind, item, other)] = count
         return stored
     upsert(table, columns, ["kind", "item_id", "other_id"], rows, add=["count"])
-    stored = fetch_by_ids(table, "item_id", ["kind", "other_id", "count"], {r[1] for r in rows})
+    found = fetch_by_ids(table, "item_id", ["kind", "other_id", "count"], {r[1] for r in rows})
     return {
         (kind, item, other): count
-        for item, kind, other, count in stored
+        for item, kind, other, count in found
         if (kind, item, other) in pairs
     }
 
