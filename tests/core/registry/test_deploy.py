@@ -261,3 +261,28 @@ def test_shadow_mode_scores_but_never_shows(model_server, repository, archives, 
     assert stable_requests == 5
     assert shadow_requests >= 1
     assert sum(b["errors"] for b in counters["shadow"].values()) == 0
+
+
+def test_registry_apply_restores_a_restarted_server(model_server, repository, archives):
+    from django.core.management import call_command
+
+    good = push_and_validate(archives["good"])
+    services.model_version_deploy(name=NAME, number=good.number, mode="stable", actor="t")
+    (repository / "models.config").unlink()
+    call_command("registry_apply", "--file-only")
+    assert 'key: "stable"' in (repository / "models.config").read_text()
+    # the server forgot everything (a restart with an empty model list)
+    from ml.serving.client import PredictionClient as Client
+
+    with Client(f"127.0.0.1:{model_server.grpc_port}") as client:
+        client.reload_config([])
+    call_command("registry_apply")
+    assert _served_by_label(model_server, "stable") == good.number
+
+
+def test_registry_apply_file_only_with_nothing_deployed(repository):
+    from django.core.management import call_command
+
+    call_command("registry_apply", "--file-only")
+    text = (repository / "models.config").read_text()
+    assert 'name: "recommender"' in text and "version_labels" not in text
