@@ -37,6 +37,12 @@ app.conf.beat_schedule = {
         "schedule": REGISTRY_GUARDRAIL_CHECK_SECONDS,
         "options": {"expires": REGISTRY_GUARDRAIL_CHECK_SECONDS * 2},
     },
+    # Hourly: a push whose validation was interrupted fails with that reason; orphaned uploads go.
+    "registry-sweep": {
+        "task": "registry.sweep",
+        "schedule": crontab(minute=17),
+        "options": {"expires": 1800},
+    },
 }
 if MODEL_TRAIN_HOUR >= 0:
     # Daily: train on stored events and export the next model version.

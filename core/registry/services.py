@@ -803,6 +803,19 @@ def registry_redeploy(*, actor: str) -> None:
     _serving_changed()
 
 
+def registry_sweep(*, older_than: timedelta = timedelta(hours=1)) -> dict[str, int]:
+    """Housekeeping after crashes: a version stuck in `validating` (its worker died) fails with
+    that reason, and upload files nobody waits for are removed."""
+    stuck = ModelVersion.objects.filter(
+        status=VersionStatus.VALIDATING, updated_at__lt=timezone.now() - older_than
+    ).select_related("model")
+    failed = 0
+    for version in stuck:
+        _fail(version, "validation was interrupted (worker lost); push again", actor="sweep")
+        failed += 1
+    return {"failed": failed, "uploads_removed": uploads_sweep(older_than=older_than)}
+
+
 def uploads_sweep(*, older_than: timedelta = timedelta(days=1)) -> int:
     """Remove upload files whose version is gone or finished (a crash between steps)."""
     folder = Path(settings.REGISTRY_UPLOAD_DIR)

@@ -1,6 +1,12 @@
 from celery import shared_task
 
-from .services import TrainingRefused, experiments_guard, model_train, model_version_validate
+from .services import (
+    TrainingRefused,
+    experiments_guard,
+    model_train,
+    model_version_validate,
+    registry_sweep,
+)
 
 
 @shared_task(name="registry.train_model", soft_time_limit=50 * 60, time_limit=55 * 60)
@@ -31,3 +37,9 @@ def validate_version_task(version_id: int) -> dict:
 def guard_experiments_task() -> list[str]:
     """Periodic: roll back a canary that keeps breaking a guardrail."""
     return experiments_guard()
+
+
+@shared_task(name="registry.sweep", soft_time_limit=120, time_limit=180)
+def registry_sweep_task() -> dict:
+    """Periodic: fail versions whose validation was interrupted, remove orphaned uploads."""
+    return registry_sweep()

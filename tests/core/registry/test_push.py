@@ -7,11 +7,13 @@ from __future__ import annotations
 import io
 import tarfile
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
+from django.utils import timezone
 
 from core.registry.models import AuditEntry, ModelVersion, VersionStatus
 from core.registry.services import model_version_deploy, model_version_validate
@@ -251,3 +253,17 @@ def test_a_trained_version_is_registered_ready(repository, settings):
     assert version.source == "train" and version.pushed_by == "train_model"
     assert version.model_card  # read from assets.extra/model_card.json
     assert _numbered_folders(repository) == [str(outcome.version)]
+
+
+def test_the_sweep_fails_an_interrupted_validation(repository, archives):
+    from core.registry.services import model_version_push, registry_sweep
+
+    with open(archives["good"], "rb") as stream:
+        version = model_version_push(name="recommender", archive=stream, pushed_by="t")
+    ModelVersion.objects.filter(pk=version.pk).update(
+        status=VersionStatus.VALIDATING, updated_at=timezone.now() - timedelta(hours=2)
+    )
+    result = registry_sweep(older_than=timedelta(hours=1))
+    version.refresh_from_db()
+    assert result["failed"] == 1
+    assert version.status == VersionStatus.FAILED and "interrupted" in version.status_reason
