@@ -273,20 +273,18 @@ def raw_copy_rate(connection_url: str, expected: int) -> float:
 
 
 def write_movielens_csv(path: Path, rows: int, args: argparse.Namespace) -> None:
+    """MovieLens' layout and order: sorted by userId, then movieId."""
     rng = random.Random(11)
     base = int(time.time()) - 2 * 365 * 86400
+    ratings = sorted(
+        (rng.randrange(1, args.users), rng.randrange(1, args.items)) for _ in range(rows)
+    )
     with path.open("w") as out:
         out.write("userId,movieId,rating,timestamp\n")
-        lines = []
-        for _ in range(rows):
-            lines.append(
-                f"{rng.randrange(1, args.users)},{rng.randrange(1, args.items)},"
-                f"{rng.randrange(1, 11) / 2},{base + rng.randrange(2 * 365 * 86400)}\n"
-            )
-            if len(lines) >= 100_000:
-                out.writelines(lines)
-                lines.clear()
-        out.writelines(lines)
+        out.writelines(
+            f"{user},{movie},{rng.randrange(1, 11) / 2},{base + rng.randrange(2 * 365 * 86400)}\n"
+            for user, movie in ratings
+        )
 
 
 def main() -> None:
