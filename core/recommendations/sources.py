@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Q
 
 from core.catalog.models import Item
@@ -55,9 +56,19 @@ def items_not_to_repeat(user_id: str) -> set[str]:
 
 def recommendable_categories(item_ids: Iterable[str]) -> dict[str, str]:
     """External id -> category path of those items that may be shown (in the catalog, available)."""
-    ids = list(item_ids)
+    ids = list(dict.fromkeys(item_ids))
     if not ids:
         return {}
+    if connection.vendor == "postgresql":
+        # One array parameter instead of an IN list of ~200: the ORM's per-value preparation and
+        # the driver's parsing of 200 placeholders cost more than the query (every request).
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT external_id, category FROM {Item._meta.db_table} "  # noqa: S608
+                "WHERE external_id = ANY(%s) AND deleted_at IS NULL AND available",
+                [ids],
+            )
+            return dict(cursor.fetchall())
     rows = Item.objects.filter(
         external_id__in=ids, deleted_at__isnull=True, available=True
     ).values_list("external_id", "category")
