@@ -15,11 +15,12 @@ Signatures (see ``ml.contract``), core TF ops only (lookup table, gather, matmul
     ``k`` int32 scalar. Returns ``item_ids`` string [batch, k] and ``scores`` float [batch, k].
     Unknown ids are ignored, history items are never returned, an empty (or all-unknown) history
     gets items ranked by popularity. ``k`` is clipped to the catalog size; when fewer than ``k``
-    items are eligible the tail holds "" with score -inf.
+    items are eligible the tail holds "" with score 0.0 (padding: the id "" is the marker, and the
+    score stays a finite number so REST/JSON answers remain valid JSON).
 ``similar``
     ``item_ids`` string [batch], ``k`` int32 scalar -> ``item_ids`` string [batch, k], ``scores``
     float [batch, k]: the items the model expects next after that single item, the item itself
-    excluded. An unknown id gets a row of "" with score -inf.
+    excluded. An unknown id gets a row of "" with score 0.0.
 """
 
 from __future__ import annotations
@@ -136,11 +137,12 @@ def signature_description() -> dict[str, object]:
                 "k": "DT_INT32 scalar",
             },
             "outputs": {"item_ids": "DT_STRING [-1,k]", "scores": "DT_FLOAT [-1,k]"},
+            "padding": "item id '' with score 0.0 when fewer than k items are eligible",
         },
         SIMILAR: {
             "inputs": {"item_ids": "DT_STRING [-1]", "k": "DT_INT32 scalar"},
             "outputs": {"item_ids": "DT_STRING [-1,k]", "scores": "DT_FLOAT [-1,k]"},
-            "unknown_item": "row of '' with score -inf",
+            "unknown_item": "row of '' with score 0.0",
         },
     }
 
@@ -185,8 +187,9 @@ def _make_module_class() -> type:
             k = tf.clip_by_value(k, 0, self._n_items)
             values, indices = tf.math.top_k(scores, k=k, sorted=True)
             ids = tf.gather(self.vocabulary, indices)
-            ids = tf.where(tf.math.is_finite(values), ids, tf.zeros_like(ids))
-            return ids, values
+            real = tf.math.is_finite(values)  # excluded items carry -inf inside the graph
+            ids = tf.where(real, ids, tf.zeros_like(ids))
+            return ids, tf.where(real, values, tf.zeros_like(values))
 
         @tf.function(
             input_signature=[

@@ -90,7 +90,7 @@ def test_empty_history_gets_popular_items_and_k_is_clipped(exported):
 
     everything, scores = _recommend(loaded, [[str(model.item_ids[0])]], [[1.0]], 10_000)
     assert len(everything[0]) == model.n_items
-    assert everything[0][-1] == "" and scores[0][-1] == -np.inf  # the history item
+    assert everything[0][-1] == "" and scores[0][-1] == 0.0  # the history item: padding
 
 
 def test_similar_excludes_the_item_and_marks_unknown_ids(exported):
@@ -104,7 +104,7 @@ def test_similar_excludes_the_item_and_marks_unknown_ids(exported):
 
     assert len(ids[0]) == 6 and item not in ids[0] and "" not in ids[0]
     assert ids[1] == [""] * 6
-    assert np.all(out["scores"].numpy()[1] == -np.inf)
+    assert np.all(out["scores"].numpy()[1] == 0.0)
 
 
 def test_vocabulary_lives_inside_the_model(exported, tmp_path):
