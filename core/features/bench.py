@@ -2,7 +2,7 @@
 ingestion load.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/recommender \\
-    REDIS_URL=redis://127.0.0.1:6379/12 python -m core.features.bench --events 1000000
+    REDIS_URL=redis://127.0.0.1:6379/9 python -m core.features.bench --events 1000000
 
 1. Throughput: `--events` events are stored through the ingestion service (COPY path), then the
    activity consumer (user + item features) folds all of them from watermark 0, timed, with its
