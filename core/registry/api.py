@@ -3,6 +3,7 @@ canary or shadow, watch the experiment, promote or roll back. Scope `models:writ
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from django.conf import settings
@@ -180,12 +181,13 @@ class VersionListApi(APIView):
         limit = settings.REGISTRY_MAX_ARCHIVE_BYTES
         if length > limit + 64 * 1024:  # multipart framing on top of the archive
             raise PayloadTooLarge(f"Archives are limited to {limit} bytes.")
-        archive = request.data.get("archive")
+        data = request.data if isinstance(request.data, Mapping) else {}
+        archive = data.get("archive")
         if archive is None:
             raise exceptions.ValidationError(
                 {"archive": ["Send the archive as multipart field 'archive' or as the body."]}
             )
-        force = str(request.query_params.get("force") or request.data.get("force") or "")
+        force = str(request.query_params.get("force") or data.get("force") or "")
         try:
             version = services.model_version_push(
                 name=name,

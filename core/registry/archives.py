@@ -144,15 +144,15 @@ def unpack_saved_model(archive_path: str | Path, target: str | Path, limits: Arc
     target.mkdir(parents=True, exist_ok=False)
     try:
         if zipfile.is_zipfile(archive_path):
-            with zipfile.ZipFile(archive_path) as archive:
-                _write_members(_zip_members(archive), target, limits)
+            with zipfile.ZipFile(archive_path) as zipped:
+                _write_members(_zip_members(zipped), target, limits)
         else:
             try:
-                archive = tarfile.open(archive_path, mode="r:*")  # noqa: SIM115
+                tarred = tarfile.open(archive_path, mode="r:*")  # noqa: SIM115
             except (tarfile.TarError, OSError, EOFError) as error:
                 raise ArchiveRefused(f"not a tar(.gz) or zip archive ({error})") from None
-            with archive:
-                _write_members(_tar_members(archive), target, limits)
+            with tarred:
+                _write_members(_tar_members(tarred), target, limits)
     except ArchiveRefused:
         raise
     except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, ValueError) as error:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from django.utils.html import escape
@@ -12,7 +12,7 @@ COLOURS = {"stable": "#417690", "canary": "#d9822b", "shadow": "#8e44ad"}
 
 def line_chart(
     title: str,
-    series: dict[str, Sequence[tuple[datetime, float]]],
+    series: Mapping[str, Sequence[tuple[datetime, float]]],
     *,
     percent: bool = False,
     width: int = 420,

@@ -319,15 +319,15 @@ def experiment_report(
     events = Event.objects.filter(
         timestamp__gte=start, recommendation_id__isnull=False, type__in=types
     ).values_list("recommendation_id", "type", "value")
-    for recommendation_id, event_type, value in events.iterator(20_000):
-        found = lists.get(recommendation_id)
-        if found is None:
+    for event_list_id, event_type, value in events.iterator(20_000):
+        found = lists.get(event_list_id) if event_list_id else None
+        if found is None or event_list_id is None:
             continue
         arm, moment = found
         for metrics in (arms[arm], slot(arm, moment)):
             if event_type in CLICK_TYPES:
                 metrics.clicks += 1
-                if recommendation_id not in clicked:
+                if event_list_id not in clicked:
                     metrics.clicked_lists += 1
             elif event_type in ADD_TO_CART_TYPES:
                 metrics.add_to_carts += 1
@@ -335,7 +335,7 @@ def experiment_report(
                 metrics.purchases += 1
                 metrics.revenue += float(value or 0.0)
         if event_type in CLICK_TYPES:
-            clicked.add(recommendation_id)
+            clicked.add(event_list_id)
     counters = arm_stats.read(experiment.pk, arms, start.timestamp(), end.timestamp())
     for arm, per_bucket in counters.items():
         for bucket_start, totals in per_bucket.items():

@@ -608,10 +608,10 @@ def _change_serving(
             audit(model=model, action=action, actor=actor, message=message)
             transaction.on_commit(_serving_changed)
     except (TransitionRefused, DeploymentFailed) as error:
-        model = RegisteredModel.objects.filter(name=name).first()
-        if model is not None:
+        existing = RegisteredModel.objects.filter(name=name).first()
+        if existing is not None:
             audit(
-                model=model,
+                model=existing,
                 action=AuditAction.REFUSED,
                 actor=actor,
                 message=f"{action} refused: {error}",

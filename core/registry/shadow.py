@@ -39,7 +39,7 @@ def _pool() -> ThreadPoolExecutor:
     return _executor
 
 
-def _score(history, k: int, shown: list[str], plan: ServingPlan) -> None:
+def _score(history, k: int, shown: list[str], plan: ServingPlan, experiment_id: int) -> None:
     from core.recommendations import model_gateway
 
     started = time.perf_counter()
@@ -51,18 +51,18 @@ def _score(history, k: int, shown: list[str], plan: ServingPlan) -> None:
             label=plan.shadow_label,
         )
     except model_gateway.ModelUnavailable:
-        arm_stats.record(experiment_id=plan.experiment_id, arm="shadow", error=True)
+        arm_stats.record(experiment_id=experiment_id, arm="shadow", error=True)
         return
     except Exception:
         logger.exception("shadow scoring failed")
-        arm_stats.record(experiment_id=plan.experiment_id, arm="shadow", error=True)
+        arm_stats.record(experiment_id=experiment_id, arm="shadow", error=True)
         return
     finally:
         _slots.release()
     top = {c.item_id for c in answer.candidates[:OVERLAP_AT]}
     overlap = len(top & set(shown)) / max(1, len(shown))
     arm_stats.record(
-        experiment_id=plan.experiment_id,
+        experiment_id=experiment_id,
         arm="shadow",
         model_seconds=None if answer.cached else time.perf_counter() - started,
         shadow_overlap=overlap,
@@ -85,7 +85,7 @@ def shadow_score(
         return False
     top = [c.item_id for c in shown[:OVERLAP_AT]]
     try:
-        future = _pool().submit(_score, list(history), k, top, plan)
+        future = _pool().submit(_score, list(history), k, top, plan, plan.experiment_id)
     except RuntimeError:  # interpreter shutting down
         _slots.release()
         return False
