@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, serializers, status
 from rest_framework.parsers import BaseParser, MultiPartParser
@@ -132,11 +133,32 @@ def _experiment_body(experiment: Experiment) -> dict:
     return body
 
 
+class ModelSummaryOut(serializers.Serializer):
+    name = serializers.CharField()
+    stable_version = serializers.IntegerField(allow_null=True)
+    experiment = ExperimentOut(allow_null=True)
+    versions = serializers.IntegerField()
+
+
+class ModelListOut(serializers.Serializer):
+    models = ModelSummaryOut(many=True)
+
+
+class ActionOut(serializers.Serializer):
+    message = serializers.CharField()
+    model = ModelSummaryOut()
+
+
+class VersionListOut(serializers.Serializer):
+    versions = VersionOut(many=True)
+
+
 class ModelListApi(APIView):
     """Registered models with their stable version and running experiment."""
 
     required_scope = MODELS_WRITE
 
+    @extend_schema(responses=ModelListOut, operation_id="models_list")
     def get(self, request: Request) -> Response:
         return Response({"models": [_model_summary(m) for m in RegisteredModel.objects.all()]})
 
@@ -155,6 +177,7 @@ def _model_summary(model: RegisteredModel) -> dict:
 class ModelDetailApi(APIView):
     required_scope = MODELS_WRITE
 
+    @extend_schema(responses=ModelSummaryOut, operation_id="model_detail")
     def get(self, request: Request, name: str) -> Response:
         return Response(_model_summary(_model(name)))
 
@@ -167,6 +190,7 @@ class VersionListApi(APIView):
     required_scope = MODELS_WRITE
     parser_classes = [MultiPartParser, RawArchiveParser, OrjsonParser]
 
+    @extend_schema(responses=VersionListOut, operation_id="model_versions_list")
     def get(self, request: Request, name: str) -> Response:
         versions = selectors.model_versions(name=name)
         return Response({"versions": VersionOut(versions, many=True).data})
@@ -207,6 +231,7 @@ class VersionListApi(APIView):
 class VersionDetailApi(APIView):
     required_scope = MODELS_WRITE
 
+    @extend_schema(responses=VersionOut, operation_id="model_version_detail")
     def get(self, request: Request, name: str, number: int) -> Response:
         version = ModelVersion.objects.filter(model__name=name, number=number).first()
         if version is None:
@@ -219,6 +244,7 @@ class PushDetailApi(APIView):
 
     required_scope = MODELS_WRITE
 
+    @extend_schema(responses=VersionOut, operation_id="model_push_detail")
     def get(self, request: Request, name: str, push_id: int) -> Response:
         version = ModelVersion.objects.filter(model__name=name, pk=push_id).first()
         if version is None:
@@ -232,15 +258,17 @@ class DeployApi(APIView):
 
     required_scope = MODELS_WRITE
 
-    class InputSerializer(serializers.Serializer):
+    class DeployInSerializer(serializers.Serializer):
         mode = serializers.ChoiceField(choices=["canary", "shadow", "stable"], default="canary")
         traffic_percent = serializers.FloatField(
             min_value=0.01, max_value=100, required=False, allow_null=True
         )
 
-    @extend_schema(request=InputSerializer, operation_id="model_version_deploy")
+    @extend_schema(
+        request=DeployInSerializer, responses=ActionOut, operation_id="model_version_deploy"
+    )
     def post(self, request: Request, name: str, number: int) -> Response:
-        body = self.InputSerializer(data=request.data or {})
+        body = self.DeployInSerializer(data=request.data or {})
         body.is_valid(raise_exception=True)
         try:
             message = services.model_version_deploy(
@@ -258,14 +286,15 @@ class DeployApi(APIView):
 class _ModelAction(APIView):
     required_scope = MODELS_WRITE
 
-    class InputSerializer(serializers.Serializer):
+    class ReasonInSerializer(serializers.Serializer):
         reason = serializers.CharField(required=False, allow_blank=True, max_length=1000)
 
     def act(self, name: str, actor: str, reason: str) -> str:
         raise NotImplementedError
 
+    @extend_schema(request=ReasonInSerializer, responses=ActionOut)
     def post(self, request: Request, name: str) -> Response:
-        body = self.InputSerializer(data=request.data or {})
+        body = self.ReasonInSerializer(data=request.data or {})
         body.is_valid(raise_exception=True)
         try:
             message = self.act(name, _actor(request), body.validated_data.get("reason", ""))
@@ -300,6 +329,7 @@ class ExperimentApi(APIView):
 
     required_scope = MODELS_WRITE
 
+    @extend_schema(responses=OpenApiTypes.OBJECT, operation_id="model_experiment")
     def get(self, request: Request, name: str) -> Response:
         model = _model(name)
         experiment = (
@@ -315,6 +345,7 @@ class ExperimentApi(APIView):
 class AuditApi(APIView):
     required_scope = MODELS_WRITE
 
+    @extend_schema(responses=OpenApiTypes.OBJECT, operation_id="model_audit")
     def get(self, request: Request, name: str) -> Response:
         model = _model(name)
         entries = model.audit.select_related("version")[:200]
