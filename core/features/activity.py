@@ -361,6 +361,31 @@ def external_ids(table: str, ids: Iterable[int]) -> dict[int, str]:
     return {pk: ext for pk, ext in fetch_by_ids(table, "id", ["external_id"], ids)}
 
 
+# A shopper's external id never changes (upserts key on it), so a worker remembers them instead of
+# looking up tens of thousands per batch. Bounded; a forgotten shopper has no more events.
+_USER_EXTERNAL_IDS: dict[int, str] = {}
+_USER_CACHE_LIMIT = 1_000_000
+
+
+def user_external_ids(ids: Iterable[int]) -> dict[int, str]:
+    cache = _USER_EXTERNAL_IDS
+    found: dict[int, str] = {}
+    missing = []
+    for pk in ids:
+        ext = cache.get(pk)
+        if ext is None:
+            missing.append(pk)
+        else:
+            found[pk] = ext
+    if missing:
+        fetched = external_ids("catalog_user", missing)
+        if len(cache) + len(fetched) > _USER_CACHE_LIMIT:
+            cache.clear()
+        cache.update(fetched)
+        found.update(fetched)
+    return found
+
+
 def items_catalog(ids: Iterable[int]) -> dict[int, tuple[str, str]]:
     """item id -> (external id, category)."""
     return {
@@ -465,7 +490,7 @@ def _publish(store: redis.Redis, outcome: Outcome) -> None:
     item_ids = set(outcome.items) | {row[2] for row in outcome.rows if row[2] is not None}
     catalog = items_catalog(item_ids)
     if outcome.users:
-        user_ext = external_ids("catalog_user", outcome.users)
+        user_ext = user_external_ids(outcome.users)
         entries: dict[int, list[list[Any]]] = {}
         for event_id, user_id, item_id, kind, at, _ in outcome.rows:
             if item_id is not None and item_id in catalog:
