@@ -71,7 +71,10 @@ def served_model(
     versions = {stable} | {v for v in (candidate, previous) if v is not None}
     return ServedModel(
         name=name,
-        base_path=str(Path(settings.MODEL_REPOSITORY).resolve() / name),
+        base_path=str(
+            Path(settings.REGISTRY_SERVER_REPOSITORY or Path(settings.MODEL_REPOSITORY).resolve())
+            / name
+        ),
         versions=tuple(sorted(versions)),
         labels={STABLE_LABEL: stable, CANARY_LABEL: candidate if candidate else stable},
     )

@@ -22,6 +22,9 @@ REGISTRY_UPLOAD_DIR = env_str("REGISTRY_UPLOAD_DIR", str(VAR_DIR / "registry-upl
 REGISTRY_MODEL_CONFIG_FILE = env_str(
     "REGISTRY_MODEL_CONFIG_FILE", os.path.join(MODEL_REPOSITORY, "models.config")
 )
+# The model repository as the model server sees it (its base paths), when it mounts it elsewhere
+# than MODEL_REPOSITORY; empty: the same path.
+REGISTRY_SERVER_REPOSITORY = env_str("REGISTRY_SERVER_REPOSITORY", "")
 # How long a deployment waits for new versions to become AVAILABLE on the model server.
 REGISTRY_DEPLOY_TIMEOUT_SECONDS = env_float(
     "REGISTRY_DEPLOY_TIMEOUT_SECONDS", 300.0, low=1.0, high=3600.0

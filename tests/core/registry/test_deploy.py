@@ -286,3 +286,15 @@ def test_registry_apply_file_only_with_nothing_deployed(repository):
     call_command("registry_apply", "--file-only")
     text = (repository / "models.config").read_text()
     assert 'name: "recommender"' in text and "version_labels" not in text
+
+
+def test_base_paths_follow_the_model_servers_view_of_the_repository(settings, repository):
+    from core.registry.deployment import served_model
+
+    assert served_model(name=NAME, stable=1, candidate=None, previous=None).base_path == str(
+        repository.resolve() / NAME
+    )
+    settings.REGISTRY_SERVER_REPOSITORY = "/models"
+    served = served_model(name=NAME, stable=3, candidate=4, previous=2)
+    assert served.base_path == "/models/recommender"
+    assert served.versions == (2, 3, 4) and dict(served.labels) == {"stable": 3, "canary": 4}
