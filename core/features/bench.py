@@ -48,6 +48,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--load-seconds", type=float, default=30.0, help="freshness run length")
     parser.add_argument("--concurrency", type=int, default=4, help="load client connections")
+    parser.add_argument(
+        "--load-rate", type=int, default=0, help="events/s of the load (0: as fast as it goes)"
+    )
     parser.add_argument("--web-workers", type=int, default=3, help="gunicorn workers")
     parser.add_argument("--probe-interval", type=float, default=0.1)
     parser.add_argument("--shape", choices=("uniform", "sessions"), default="uniform")
@@ -282,10 +285,15 @@ def freshness(args: argparse.Namespace, database_url: str, redis_url: str) -> No
         def load(thread: int) -> None:
             client = Client(port, key)
             batch = 0
+            interval = 1000 * args.concurrency / args.load_rate if args.load_rate else 0.0
+            next_at = time.perf_counter()
             while not stop.is_set():
                 body = orjson.dumps(event_dicts(args, f"l{thread}-{batch}", 1000, seed=batch))
                 client.post(body)
                 batch += 1
+                if interval:
+                    next_at += interval
+                    time.sleep(max(0.0, next_at - time.perf_counter()))
                 with lock:
                     sent[0] += 1000
 
