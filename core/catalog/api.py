@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -13,7 +14,7 @@ from rest_framework.views import APIView
 from core.system import scopes
 from core.system.exceptions import PayloadTooLarge
 
-from . import selectors, services
+from . import schema, selectors, services
 from .models import Item, User
 from .validation import RowError, item_parse, user_parse
 
@@ -87,6 +88,14 @@ class ItemListApi(APIView):
 
     required_scope = scopes.CATALOG_WRITE
 
+    @extend_schema(
+        parameters=[
+            *schema.PAGE_PARAMETERS,
+            OpenApiParameter("category", str, description="a category path: node and subtree"),
+            OpenApiParameter("available", bool),
+        ],
+        responses=schema.ItemPage,
+    )
     def get(self, request: Request) -> Response:
         cursor, limit = _page_params(request)
         available_raw = request.query_params.get("available")
@@ -117,6 +126,7 @@ class ItemBatchUpsertApi(APIView):
 
     required_scope = scopes.CATALOG_WRITE
 
+    @extend_schema(request=schema.ItemBody(many=True), responses=schema.BatchResult)
     def post(self, request: Request) -> Response:
         rows = _batch_rows(request.data, "items")
         items, errors = [], []
@@ -137,12 +147,14 @@ class ItemDetailApi(APIView):
 
     required_scope = scopes.CATALOG_WRITE
 
+    @extend_schema(responses=schema.Item)
     def get(self, request: Request, external_id: str) -> Response:
         item = selectors.item_get(external_id=external_id)
         if item is None:
             raise exceptions.NotFound(f"No item {external_id!r}.")
         return Response(item_output(item))
 
+    @extend_schema(request=schema.ItemBody, responses={200: schema.Item, 201: schema.Item})
     def put(self, request: Request, external_id: str) -> Response:
         item_in, errors = item_parse(request.data, index=0, external_id=external_id)
         if item_in is None:
@@ -152,6 +164,7 @@ class ItemDetailApi(APIView):
             item_output(item), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
 
+    @extend_schema(responses={204: None})
     def delete(self, request: Request, external_id: str) -> Response:
         if not services.item_delete(external_id=external_id):
             raise exceptions.NotFound(f"No item {external_id!r}.")
@@ -163,6 +176,7 @@ class UserListApi(APIView):
 
     required_scope = scopes.CATALOG_WRITE
 
+    @extend_schema(parameters=schema.PAGE_PARAMETERS, responses=schema.UserPage)
     def get(self, request: Request) -> Response:
         cursor, limit = _page_params(request)
         try:
@@ -182,6 +196,7 @@ class UserBatchUpsertApi(APIView):
 
     required_scope = scopes.CATALOG_WRITE
 
+    @extend_schema(request=schema.UserBody(many=True), responses=schema.BatchResult)
     def post(self, request: Request) -> Response:
         rows = _batch_rows(request.data, "users")
         users, errors = [], []
@@ -202,12 +217,14 @@ class UserDetailApi(APIView):
 
     required_scope = scopes.CATALOG_WRITE
 
+    @extend_schema(responses=schema.User)
     def get(self, request: Request, external_id: str) -> Response:
         user = selectors.user_get(external_id=external_id)
         if user is None:
             raise exceptions.NotFound(f"No user {external_id!r}.")
         return Response(user_output(user))
 
+    @extend_schema(request=schema.UserBody, responses={200: schema.User, 201: schema.User})
     def put(self, request: Request, external_id: str) -> Response:
         user_in, errors = user_parse(request.data, index=0, external_id=external_id)
         if user_in is None:
@@ -217,6 +234,7 @@ class UserDetailApi(APIView):
             user_output(user), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
 
+    @extend_schema(responses=schema.ForgetReport)
     def delete(self, request: Request, external_id: str) -> Response:
         report = services.user_forget(external_id=external_id)
         if report is None:

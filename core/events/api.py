@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import exceptions, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -14,6 +15,7 @@ from rest_framework.views import APIView
 from core.system import scopes
 from core.system.exceptions import PayloadTooLarge
 
+from . import schema
 from .services import events_ingest
 from .validation import EventValidator
 
@@ -59,6 +61,18 @@ class EventCreateApi(APIView):
 
     required_scope = scopes.EVENTS_WRITE
 
+    @extend_schema(
+        operation_id="events_create",
+        request=PolymorphicProxySerializer(
+            component_name="EventsBody",
+            serializers=[schema.Event, schema.Event(many=True), schema.EventBatch],
+            resource_type_field_name=None,
+        ),
+        responses={202: schema.IngestResult},
+        description='One event, a list of up to 10,000, or {"events": [...]}. 202: every valid '
+        "event is committed, exactly once per event_id. 400 when none is valid; 413 over the "
+        "batch or body limit.",
+    )
     def post(self, request: Request) -> Response:
         raw = _raw_events(request.data)
         valid, errors = EventValidator().validate(raw)
