@@ -289,15 +289,26 @@ def evaluation_cases(*, days: int, max_users: int) -> list:
     weights = settings.EVENT_TYPE_WEIGHTS
     types = [event_type for event_type, weight in weights.items() if weight > 0]
     since = timezone.now() - timedelta(days=days)
+    recent = Event.objects.filter(timestamp__gte=since, type__in=types, item__isnull=False)
+    # The most recently active shoppers (from the newest events), then only their events: the
+    # cost follows max_users, not the storefront's traffic.
+    chosen: list[int] = []
+    seen: set[int] = set()
+    for user_id in recent.order_by("-id").values_list("user_id", flat=True)[: max_users * 50]:
+        if user_id not in seen:
+            seen.add(user_id)
+            chosen.append(user_id)
+            if len(chosen) >= max_users:
+                break
     rows = (
-        Event.objects.filter(timestamp__gte=since, type__in=types, item__isnull=False)
+        recent.filter(user_id__in=chosen)
         .order_by("user_id", "timestamp", "id")
         .values_list("user_id", "item_id", "type")
     )
     per_user: dict[int, list[tuple[int, float]]] = {}
     for user_id, item_id, event_type in rows.iterator(20_000):
         per_user.setdefault(user_id, []).append((item_id, float(weights[event_type])))
-    users = sorted(per_user)[-max_users:]
+    users = sorted(per_user)
     item_ids = {item for user in users for item, _ in per_user[user]}
     external = dict(Item.objects.filter(id__in=item_ids).values_list("id", "external_id"))
     history_length = settings.RECOMMENDATIONS_HISTORY_LENGTH
@@ -813,7 +824,20 @@ def registry_sweep(*, older_than: timedelta = timedelta(hours=1)) -> dict[str, i
     for version in stuck:
         _fail(version, "validation was interrupted (worker lost); push again", actor="sweep")
         failed += 1
-    return {"failed": failed, "uploads_removed": uploads_sweep(older_than=older_than)}
+    cutoff = timezone.now().timestamp() - older_than.total_seconds()
+    staging_removed = 0
+    repository = Path(settings.MODEL_REPOSITORY)
+    for model in RegisteredModel.objects.values_list("name", flat=True):
+        folder = repository / model
+        for leftover in folder.glob(".push-*") if folder.is_dir() else []:
+            if leftover.stat().st_mtime < cutoff:
+                remove_tree(leftover)
+                staging_removed += 1
+    return {
+        "failed": failed,
+        "uploads_removed": uploads_sweep(older_than=older_than),
+        "staging_removed": staging_removed,
+    }
 
 
 def uploads_sweep(*, older_than: timedelta = timedelta(days=1)) -> int:
