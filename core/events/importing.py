@@ -253,6 +253,8 @@ def _load(
     # Outside a transaction, writer threads store chunks while this one reads and validates the
     # next. Inside one (tests, callers' atomic blocks), store inline so everything stays in the
     # caller's transaction.
+    if not is_partitioned():
+        writers = min(writers, 1)  # SQLite takes one writer at a time anyway
     writer = (
         _Writer(report, max_errors, writers) if writers and not connection.in_atomic_block else None
     )

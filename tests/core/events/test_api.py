@@ -254,3 +254,11 @@ def test_hook_runs_after_commit_with_the_batch(
     assert len(calls) == 1
     assert calls[0]["accepted"] == 6
     assert calls[0]["user_ids"] == set(User.objects.values_list("id", flat=True))
+
+
+def test_schema_documents_the_ingestion_endpoints(client):
+    schema = client.get("/api/v1/schema/").content.decode()
+
+    for path in ["/api/v1/events:", "/api/v1/items/batch:", "/api/v1/users/{external_id}:"]:
+        assert path in schema
+    assert "IngestResult" in schema
