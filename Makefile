@@ -10,7 +10,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DJANGO_ENV=test
 
 .PHONY: help install test lint format typecheck demo model-server bench bench-model-server \
-	bench-client clean
+	bench-client bench-features clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -48,13 +48,20 @@ demo: install  ## Run the whole backend on this machine (embedded default); Ctrl
 model-server: install  ## The local TF-Serving-compatible model server alone (settings' port and repository)
 	$(PY) manage.py model_server
 
-bench: bench-model-server bench-client  ## Every benchmark, one after the other (figures in README)
+bench: bench-model-server bench-client bench-features  ## Every benchmark, one after the other (figures in README)
 
 bench-model-server: install  ## Local model server: Predict overhead over in-process, retrieval Predict/s
 	$(PY) -m ml.serving.server.bench
 
 bench-client: install  ## Serving client vs raw gRPC stub p50/p99, import time, RSS
 	$(PY) -m ml.serving.bench_client
+
+# Benchmarks that need PostgreSQL and Redis use their own databases (re-created) and Redis dbs.
+BENCH_REDIS := redis://127.0.0.1:6379
+
+bench-features: install  ## Feature pipeline: batch events/s and freshness under ingest load
+	$(PY) scripts/ensure_services.py "$(TEST_DATABASE_URL)" "$(BENCH_REDIS)/9"
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(BENCH_REDIS)/9 $(PY) -m core.features.bench $(BENCH_ARGS)
 
 clean:  ## Remove the virtualenv and local state (var/)
 	rm -rf $(VENV) var
