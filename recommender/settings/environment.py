@@ -15,6 +15,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -52,9 +53,9 @@ def env_bool(name: str, default: bool) -> bool:
     return _read(name, default, _parse_bool, "a boolean")
 
 
-def _bounded_int(low: int | None, high: int | None) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        value = int(raw)
+def _bounded(convert: Callable[[str], N], low: N | None, high: N | None) -> Callable[[str], N]:
+    def parse(raw: str) -> N:
+        value = convert(raw)
         if low is not None and value < low:
             raise ValueError(f"must be >= {low}")
         if high is not None and value > high:
@@ -65,25 +66,13 @@ def _bounded_int(low: int | None, high: int | None) -> Callable[[str], int]:
 
 
 def env_int(name: str, default: int, *, low: int | None = None, high: int | None = None) -> int:
-    return _read(name, default, _bounded_int(low, high), "an integer")
-
-
-def _bounded_float(low: float | None, high: float | None) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        value = float(raw)
-        if low is not None and value < low:
-            raise ValueError(f"must be >= {low}")
-        if high is not None and value > high:
-            raise ValueError(f"must be <= {high}")
-        return value
-
-    return parse
+    return _read(name, default, _bounded(int, low, high), "an integer")
 
 
 def env_float(
     name: str, default: float, *, low: float | None = None, high: float | None = None
 ) -> float:
-    return _read(name, default, _bounded_float(low, high), "a number")
+    return _read(name, default, _bounded(float, low, high), "a number")
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
