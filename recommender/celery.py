@@ -43,6 +43,8 @@ app.conf.beat_schedule = {
         "schedule": crontab(minute=17),
         "options": {"expires": 1800},
     },
+    # Drop event partitions past EVENTS_RETENTION_DAYS and idempotency keys past EVENTS_DEDUP_DAYS.
+    "events-retention": {"task": "events.retention", "schedule": 3600.0},
 }
 if MODEL_TRAIN_HOUR >= 0:
     # Daily: train on stored events and export the next model version.
