@@ -136,18 +136,23 @@ def _log_failure(exc: Exception) -> None:
         logger.error("model server refused the request: %s", exc)
 
 
+# When the server refuses a label (it restarted without the registry's config, or the canary
+# version misbehaves), ask for the next one down rather than fail the shopper's request.
+_LABEL_FALLBACK: dict[str | None, str | None] = {"canary": "stable", "stable": None}
+
+
 def _by_label(call: Callable[[str | None], T], label: str | None) -> T:
-    """Ask by label; if the server does not know the label (it restarted without the registry's
-    config, or a label is being moved), ask for its latest version rather than fail."""
-    try:
-        return call(label)
-    except ModelServerUnavailable:
-        raise
-    except ModelServerError as exc:
-        if label is None:
+    while True:
+        try:
+            return call(label)
+        except ModelServerUnavailable:
             raise
-        logger.warning("label %r refused (%s), asking for the latest version", label, exc)
-        return call(None)
+        except ModelServerError as exc:
+            if label is None:
+                raise
+            fallback = _LABEL_FALLBACK.get(label)
+            logger.warning("label %r refused (%s), asking for %s", label, exc, fallback or "latest")
+            label = fallback
 
 
 def recommend(

@@ -298,3 +298,18 @@ def test_base_paths_follow_the_model_servers_view_of_the_repository(settings, re
     served = served_model(name=NAME, stable=3, candidate=4, previous=2)
     assert served.base_path == "/models/recommender"
     assert served.versions == (2, 3, 4) and dict(served.labels) == {"stable": 3, "canary": 4}
+
+
+def test_the_gateway_steps_down_when_the_server_lost_its_labels(model_server, repository, archives):
+    from core.recommendations import model_gateway
+    from core.recommendations.sources import HistoryEntry
+    from ml.serving.client import ModelConfig
+
+    good = push_and_validate(archives["good"])
+    # a server restarted with --model_base_path only: versions, no labels
+    with PredictionClient(f"127.0.0.1:{model_server.grpc_port}") as client:
+        client.reload_config([ModelConfig(name=NAME, base_path=str(repository / NAME))])
+    answer = model_gateway.recommend(
+        [HistoryEntry("item-1", 1.0)], k=5, budget_seconds=5.0, label="canary"
+    )
+    assert answer.model_version == good.number and answer.candidates
