@@ -60,7 +60,9 @@ def test_app_commands_start_what_they_say(compose):
     assert services["web"]["command"][:2] == ["gunicorn", "recommender.wsgi:application"]
     assert services["worker"]["command"][:4] == ["celery", "-A", "recommender", "worker"]
     assert services["beat"]["command"][:4] == ["celery", "-A", "recommender", "beat"]
-    assert services["migrate"]["command"][-2:] == ["migrate", "--noinput"]
+    migrate = " ".join(services["migrate"]["command"])
+    assert "manage.py migrate --noinput" in migrate
+    assert "manage.py registry_apply --file-only" in migrate
 
 
 def test_app_and_tfserving_share_the_model_repository(compose):
@@ -73,10 +75,10 @@ def test_app_and_tfserving_share_the_model_repository(compose):
     }
     assert mounts["models"] == app_mounts["models"] == environment["MODEL_REPOSITORY"]
     flags = dict(arg.lstrip("-").split("=", 1) for arg in tfserving["command"])
-    assert flags["model_name"] == environment["MODEL_NAME"]
-    assert (
-        flags["model_base_path"] == f"{environment['MODEL_REPOSITORY']}/{environment['MODEL_NAME']}"
-    )
+    # The registry writes REGISTRY_MODEL_CONFIG_FILE, by default MODEL_REPOSITORY/models.config.
+    assert "REGISTRY_MODEL_CONFIG_FILE" not in environment
+    assert flags["model_config_file"] == f"{environment['MODEL_REPOSITORY']}/models.config"
+    assert int(flags["model_config_file_poll_wait_seconds"]) > 0
     host, port = environment["MODEL_SERVER_TARGET"].split(":")
     assert host == "tfserving" and port == flags["port"]
 
