@@ -184,6 +184,13 @@ def main(argv: list[str] | None = None) -> int:
         "--scopes", "events:write", "recommendations:read", "catalog:write",
         capture=True,
     ).strip()  # fmt: skip
+    # The storefront page (/demo/) hands its key to every browser: one with only these scopes.
+    if not env.get("DEMO_PAGE_API_KEY"):
+        env["DEMO_PAGE_API_KEY"] = manage(
+            env, "create_api_key", "--name", "demo page", "--quiet",
+            "--scopes", "events:write", "recommendations:read",
+            capture=True,
+        ).strip()  # fmt: skip
 
     size = ["--small"] if args.small else []
     if "load_demo_storefront" in commands:
@@ -254,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "\n"
             "  The recommender is running.\n\n"
+            f"  Storefront     {base_url}/demo/\n"
             f"  API            {base_url}/api/v1/   (docs: {base_url}/api/v1/docs/)\n"
             f"  Admin          {base_url}/admin/   login: admin / {admin_password}\n"
             f"  Health         {base_url}/readyz\n"
@@ -294,6 +302,13 @@ def check_commands(base_url: str, api_key: str, user_id: str, item_id: str) -> i
     )
     if status != 200 or not body.get("items") or body.get("source") not in ("model", "cache"):
         failures.append(f"GET recommendations -> {status} {body}")
+    try:
+        with urllib.request.urlopen(f"{base_url}/demo/", timeout=10) as response:  # noqa: S310
+            page = response.read().decode()
+        if "storefront-config" not in page:
+            failures.append("GET /demo/ -> 200 without the storefront")
+    except urllib.error.HTTPError as exc:
+        failures.append(f"GET /demo/ -> {exc.code} {exc.read()[:300]!r}")
     for failure in failures:
         say(f"check failed: {failure}")
     say("check passed" if not failures else f"{len(failures)} check(s) failed")
