@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 
 from core.system import scopes
 from core.system.exceptions import PayloadTooLarge
+from core.system.metrics import observe_ingest
 
 from . import schema
 from .services import events_ingest
@@ -78,6 +79,12 @@ class EventCreateApi(APIView):
         valid, errors = EventValidator().validate(raw)
         result = events_ingest(events=valid)
         result.errors = sorted(errors + result.errors, key=lambda error: error.index)
+        answer = result.as_dict()
+        observe_ingest(
+            accepted=answer["accepted"],
+            duplicates=answer["duplicates"],
+            rejected=answer["rejected"],
+        )
         if result.accepted == 0 and result.duplicates == 0:
-            raise EventsRejected(result.as_dict())
-        return Response(result.as_dict(), status=status.HTTP_202_ACCEPTED)
+            raise EventsRejected(answer)
+        return Response(answer, status=status.HTTP_202_ACCEPTED)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 from django.conf import settings
 from django.core.cache import cache
 
+from core.system.metrics import observe_model_server_call
 from ml.serving.client import ModelServerError, ModelServerUnavailable, PredictionClient
 
 from .ranking import Candidate
@@ -61,6 +62,7 @@ def client() -> PredictionClient:
                     timeout=settings.MODEL_SERVER_TIMEOUT_MS / 1000,
                     failure_threshold=settings.MODEL_SERVER_BREAKER_FAILURES,
                     reset_timeout=settings.MODEL_SERVER_BREAKER_SECONDS,
+                    observer=observe_model_server_call,
                 )
     return _client
 

@@ -21,6 +21,7 @@ from django.core.cache import cache
 
 from core.registry import arm_stats, shadow
 from core.registry.selectors import ServingPlan, business_rules_active, serving_plan
+from core.system.metrics import observe_recommendations
 
 from . import model_gateway, sources
 from .models import Impression
@@ -138,6 +139,7 @@ def _serve_page(stored: StoredList, *, page: int, count: int) -> ServedPage:
         has_more=offset + count < len(stored.items),
     )
     _log_impression(stored, served)
+    observe_recommendations(stored.surface, stored.source)
     return served
 
 

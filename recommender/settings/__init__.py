@@ -9,5 +9,6 @@ from .features import *  # noqa: F403
 from .ingestion import *  # noqa: F403
 from .logging import *  # noqa: F403
 from .model_server import *  # noqa: F403
+from .observability import *  # noqa: F403
 from .recommendations import *  # noqa: F403
 from .registry import *  # noqa: F403
