@@ -10,7 +10,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DJANGO_ENV=test
 
 .PHONY: help install test lint format typecheck demo model-server bench bench-model-server \
-	bench-client bench-features bench-ingest bench-serve clean
+	bench-client bench-features bench-ingest bench-serve bench-model quality clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -48,13 +48,19 @@ demo: install  ## Run the whole backend on this machine (embedded default); Ctrl
 model-server: install  ## The local TF-Serving-compatible model server alone (settings' port and repository)
 	$(PY) manage.py model_server
 
-bench: bench-ingest bench-features bench-model-server bench-client bench-serve  ## Every benchmark, one after the other (figures in README)
+bench: bench-ingest bench-features bench-model bench-model-server bench-client bench-serve  ## Every benchmark, one after the other (figures in README)
 
 bench-model-server: install  ## Local model server: Predict overhead over in-process, retrieval Predict/s
 	$(PY) -m ml.serving.server.bench
 
 bench-client: install  ## Serving client vs raw gRPC stub p50/p99, import time, RSS
 	$(PY) -m ml.serving.bench_client
+
+bench-model: install  ## Exported recommend signature, 100,000 items x 64 dims, beside the numpy floor
+	$(PY) -m ml.bench_model $(BENCH_ARGS)
+
+quality: install  ## Offline table on MovieLens (../shared): model vs popularity vs EASE
+	$(PY) -m ml.train --events ../shared/data/ml-latest-small/ratings.csv --format movielens --evaluate-only
 
 bench-serve: install  ## Recommendations at 150/s uncached and 600/s cached, beside a direct gRPC Predict
 	$(PY) -m core.recommendations.bench_serve $(BENCH_ARGS)
