@@ -5,6 +5,6 @@ import os
 # to change it.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from recommender.celery import app as celery_app  # noqa: E402
+from recommender.celery import app as celery_app
 
 __all__ = ("celery_app",)
