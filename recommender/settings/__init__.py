@@ -12,3 +12,4 @@ from .model_server import *  # noqa: F403
 from .observability import *  # noqa: F403
 from .recommendations import *  # noqa: F403
 from .registry import *  # noqa: F403
+from .security import *  # noqa: F403

@@ -117,6 +117,8 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["core.system.renderers.OrjsonRenderer"],
     "DEFAULT_PARSER_CLASSES": ["core.system.parsers.OrjsonParser"],
     "EXCEPTION_HANDLER": "core.system.errors.api_exception_handler",
+    # Per-key limits by scope: API_RATE_LIMITS in settings/security.py.
+    "DEFAULT_THROTTLE_CLASSES": ["core.system.throttling.ScopeRateThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }

@@ -1,0 +1,113 @@
+import logging
+
+import pytest
+import redis
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+
+from core.system.throttling import throttle_state_reset
+from recommender.settings.security import _rate_limits_from_env, parse_rate
+
+pytestmark = pytest.mark.django_db
+
+# Per day, so no test crosses a window boundary between its requests.
+LOW = {"*": "2/d", "events:write": "3/d", "recommendations:read": "off"}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state():
+    throttle_state_reset()
+    yield
+    throttle_state_reset()
+
+
+def test_a_key_over_its_scope_limit_gets_429_with_retry_after_in_the_error_shape(
+    settings, make_client
+):
+    # given
+    settings.API_RATE_LIMITS = LOW
+    client = make_client("events:write")
+
+    # when
+    statuses = [client.get("/api/v1/me").status_code for _ in range(3)]
+    response = client.get("/api/v1/me")
+
+    # then
+    assert statuses == [200, 200, 429]
+    assert response.status_code == 429
+    assert 1 <= int(response["Retry-After"]) <= 86400
+    body = response.json()
+    assert body["error"]["code"] == "throttled"
+    assert body["error"]["request_id"] == response["X-Request-ID"]
+
+
+def test_limits_are_per_key_and_per_scope(settings, make_client):
+    settings.API_RATE_LIMITS = LOW
+    first, second = make_client("admin"), make_client("admin")
+    for _ in range(2):
+        assert first.get("/api/v1/me").status_code == 200
+    assert first.get("/api/v1/me").status_code == 429
+
+    # another key has its own count
+    assert second.get("/api/v1/me").status_code == 200
+    # another scope of the same key has its own count (events:write allows 3: 400 is not 429)
+    for _ in range(3):
+        assert first.post("/api/v1/events", {}, format="json").status_code != 429
+    assert first.post("/api/v1/events", {}, format="json").status_code == 429
+    # `off` means no limit
+    for _ in range(5):
+        assert first.get("/api/v1/popular").status_code != 429
+
+
+@pytest.mark.skipif(not django_settings.REDIS_URL, reason="needs REDIS_URL")
+def test_counts_are_kept_in_redis_so_every_process_shares_them(settings, make_client):
+    settings.API_RATE_LIMITS = LOW
+    client = make_client("events:write")
+    client.get("/api/v1/me")
+    keys = redis.Redis.from_url(settings.REDIS_URL).keys("rec:throttle:*")
+    assert keys, "no counter in Redis"
+
+
+def test_without_redis_a_per_process_limiter_still_limits(settings, make_client):
+    settings.REDIS_URL = None
+    settings.API_RATE_LIMITS = LOW
+    client = make_client("events:write")
+    statuses = [client.get("/api/v1/me").status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+
+
+def test_when_redis_is_down_requests_pass_and_one_warning_is_logged(settings, make_client, caplog):
+    # given: nothing listens on port 1
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    settings.API_RATE_LIMITS = LOW
+    client = make_client("events:write")
+
+    # when
+    with caplog.at_level(logging.WARNING, logger="core.system.throttling"):
+        statuses = [client.get("/api/v1/me").status_code for _ in range(4)]
+
+    # then
+    assert statuses == [200] * 4
+    warnings = [r for r in caplog.records if r.name == "core.system.throttling"]
+    assert len(warnings) == 1
+    assert "failing open" in warnings[0].getMessage()
+
+
+def test_default_limits_are_generous_and_anonymous_schema_is_not_throttled(client):
+    assert parse_rate(django_settings.API_RATE_LIMITS["events:write"])[0] >= 100
+    for _ in range(3):
+        assert client.get("/api/v1/schema/").status_code == 200
+
+
+def test_rate_limits_setting_merges_with_defaults_and_names_its_variable_when_bad(monkeypatch):
+    monkeypatch.setenv("API_RATE_LIMITS", "events:write=100/s, models:write=2/m, admin=off")
+    limits = _rate_limits_from_env("API_RATE_LIMITS")
+    assert limits["events:write"] == "100/s"
+    assert limits["models:write"] == "2/m"
+    assert limits["admin"] == "off"
+    assert limits["recommendations:read"]  # default kept
+
+    for bad in ("events:write=fast", "events:write", "events:write=0/s", "=5/s"):
+        monkeypatch.setenv("API_RATE_LIMITS", bad)
+        with pytest.raises(ImproperlyConfigured, match=r"^API_RATE_LIMITS: "):
+            _rate_limits_from_env("API_RATE_LIMITS")
