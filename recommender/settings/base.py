@@ -58,6 +58,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "core.system.middleware.RequestIdMiddleware",
     "core.system.metrics.MetricsMiddleware",
+    # Before anything that could answer a preflight (which carries no key) with an error.
+    "core.system.cors.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
