@@ -89,6 +89,7 @@ class ItemListApi(APIView):
     required_scope = scopes.CATALOG_WRITE
 
     @extend_schema(
+        operation_id="items_list",
         parameters=[
             *schema.PAGE_PARAMETERS,
             OpenApiParameter("category", str, description="a category path: node and subtree"),
@@ -176,7 +177,9 @@ class UserListApi(APIView):
 
     required_scope = scopes.CATALOG_WRITE
 
-    @extend_schema(parameters=schema.PAGE_PARAMETERS, responses=schema.UserPage)
+    @extend_schema(
+        operation_id="users_list", parameters=schema.PAGE_PARAMETERS, responses=schema.UserPage
+    )
     def get(self, request: Request) -> Response:
         cursor, limit = _page_params(request)
         try:

@@ -68,6 +68,7 @@ class EventCreateApi(APIView):
             component_name="EventsBody",
             serializers=[schema.Event, schema.Event(many=True), schema.EventBatch],
             resource_type_field_name=None,
+            many=False,  # lets the list form (Event(many=True)) into the schema
         ),
         responses={202: schema.IngestResult},
         description='One event, a list of up to 10,000, or {"events": [...]}. 202: every valid '

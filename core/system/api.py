@@ -1,3 +1,4 @@
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -16,5 +17,6 @@ class WhoAmIApi(APIView):
         prefix = serializers.CharField()
         scopes = serializers.ListField(child=serializers.CharField())
 
+    @extend_schema(responses=OutputSerializer)
     def get(self, request: Request) -> Response:
         return Response(self.OutputSerializer(request.user).data)
