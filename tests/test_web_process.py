@@ -23,6 +23,7 @@ from django.conf import settings
 
 from core.catalog.models import Item
 from core.system.services import api_key_create
+from tests.model_servers import contract_model_repository, local_model_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -140,24 +141,11 @@ WEB_PROCESS = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def model_server(tmp_path_factory):
-    from ml.serving.contract_model import export_contract_model
-    from ml.serving.server.app import ModelServer, ServerOptions
-
-    base = tmp_path_factory.mktemp("web-process-models") / "recommender"
-    base.mkdir()
-    export_contract_model(str(base / "1"), num_items=NUM_ITEMS, dim=8, seed=3)
-    server = ModelServer(
-        ServerOptions(
-            port=0,
-            rest_api_port=None,
-            host="127.0.0.1",
-            model_name="recommender",
-            model_base_path=str(base),
-            file_system_poll_wait_seconds=0,
-        )
-    ).start()
-    yield f"127.0.0.1:{server.grpc_port}"
-    server.stop(grace=0)
+    base = contract_model_repository(
+        tmp_path_factory.mktemp("web-process-models"), num_items=NUM_ITEMS
+    )
+    with local_model_server(base_path=base) as target:
+        yield target
 
 
 def _database_url() -> str:

@@ -11,6 +11,7 @@ import pytest
 from core.catalog.models import Item
 from core.features.services import features_refresh
 from core.recommendations import model_gateway
+from tests.model_servers import contract_model_repository, local_model_server
 
 NUM_ITEMS = 40
 _event_numbers = itertools.count()
@@ -22,24 +23,9 @@ def category_of(index: int) -> str:
 
 @pytest.fixture(scope="session")
 def model_server_target(tmp_path_factory):
-    from ml.serving.contract_model import export_contract_model
-    from ml.serving.server.app import ModelServer, ServerOptions
-
-    base = tmp_path_factory.mktemp("models") / "recommender"
-    base.mkdir()
-    export_contract_model(str(base / "1"), num_items=NUM_ITEMS, dim=8, seed=3)
-    server = ModelServer(
-        ServerOptions(
-            port=0,
-            rest_api_port=None,
-            host="127.0.0.1",
-            model_name="recommender",
-            model_base_path=str(base),
-            file_system_poll_wait_seconds=0,
-        )
-    ).start()
-    yield f"127.0.0.1:{server.grpc_port}"
-    server.stop(grace=0)
+    base = contract_model_repository(tmp_path_factory.mktemp("models"), num_items=NUM_ITEMS)
+    with local_model_server(base_path=base) as target:
+        yield target
 
 
 @pytest.fixture
