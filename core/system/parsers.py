@@ -1,3 +1,4 @@
+import re
 from typing import Any
 
 import orjson
@@ -6,6 +7,9 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import BaseParser
 
 from .exceptions import PayloadTooLarge
+
+# A JSON-escaped NUL (an odd number of backslashes before u0000): PostgreSQL text cannot hold it.
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class OrjsonParser(BaseParser):
@@ -20,6 +24,8 @@ class OrjsonParser(BaseParser):
             raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
         if not body:
             raise ParseError("Empty request body: expected JSON.")
+        if b"\\u0000" in body and _ESCAPED_NUL.search(body):
+            raise ParseError("NUL characters (\\u0000) are not accepted.")
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:

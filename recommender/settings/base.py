@@ -60,6 +60,7 @@ MIDDLEWARE = [
     "core.system.metrics.MetricsMiddleware",
     # Before anything that could answer a preflight (which carries no key) with an error.
     "core.system.cors.CorsMiddleware",
+    "core.system.input_guard.RejectNulMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
