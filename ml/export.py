@@ -6,7 +6,8 @@ sibling folder (``.tmp-...``, which TF Serving ignores because the name is not a
 renamed into place, so a polling server never sees half a model. The next version number is the
 largest existing integer child + 1.
 
-Signatures (see ``ml.contract``), core TF ops only (lookup table, gather, matmul, top_k):
+Signatures (see ``ml.contract``), core TF ops only (lookup table, gather, matmul, conv2d,
+scatter, top_k):
 
 ``recommend`` = ``serving_default``
     ``history`` string [batch, length] item ids, padded with ""; ``history_weights`` float
@@ -38,6 +39,8 @@ import numpy as np
 
 from ml.contract import DEFAULT_SIGNATURE, MODEL_CARD_FILE, RECOMMEND, SIMILAR, WARMUP_FILE
 from ml.model import TrainedModel
+
+TOP_K_BLOCK = 128  # items per block of the two-stage top-k (0: a plain top_k over all items)
 
 # Imported lazily: the web side may import ml.export's constants without paying for TensorFlow.
 _tf: Any = None
@@ -76,6 +79,7 @@ def export_model(
     name: str,
     model_card: Mapping[str, object] | None = None,
     version: int | None = None,
+    top_k_block: int = TOP_K_BLOCK,
 ) -> Path:
     """Write ``model`` as the next version of ``<repository>/<name>``; return the version folder.
 
@@ -89,7 +93,7 @@ def export_model(
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = model_dir / f".tmp-{uuid.uuid4().hex}"
     try:
-        module = ServingModule(model)
+        module = ServingModule(model, top_k_block)
         signatures = {
             RECOMMEND: module.recommend,
             DEFAULT_SIGNATURE: module.recommend,
@@ -102,7 +106,8 @@ def export_model(
         card = dict(model_card or {})
         card.setdefault("signatures", signature_description())
         card.setdefault("n_items", model.n_items)
-        card.setdefault("embedding_dim", int(model.output_embeddings.shape[1]))
+        card.setdefault("embedding_dim", int(model.input_embeddings.shape[1]))
+        card.setdefault("scoring_columns", model.rank)
         card.setdefault("exported_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         (staging / MODEL_CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
         return _rename_into_place(staging, model_dir, version)
@@ -151,14 +156,25 @@ def _make_module_class() -> type:
     tf = _tensorflow()
 
     class _ServingModule(tf.Module):  # type: ignore[misc, name-defined]
-        def __init__(self, model: TrainedModel) -> None:
+        """Scoring is one product of a ``rank``-float query with ``[n_items, rank]`` embeddings.
+
+        Per request, beyond that product (one pass over the item matrix), the graph touches only
+        the history (gather, decays, the ``features x rank`` projection, the exclusion scatter)
+        and ``n_items / block`` block maxima plus ``(k + 1) * block`` candidates: the two-stage
+        top-k never sorts, and never runs a heap over, the whole score vector.
+        """
+
+        def __init__(self, model: TrainedModel, block: int = TOP_K_BLOCK) -> None:
             super().__init__()
             n_items = model.n_items
-            dim = model.input_embeddings.shape[1]
+            rank = model.rank
             self._n_items = n_items
-            self._dim = dim
             self._decays = [float(d) for d in model.decays]
             self._norm_power = float(model.norm_power)
+            # Two-stage top-k needs a few blocks; tiny catalogs use one top_k over everything.
+            self._block = block if block > 0 and n_items >= 4 * block else 0
+            padded = -(-n_items // self._block) * self._block if self._block else n_items
+            self._padded = padded
             ids = np.asarray([str(i) for i in model.item_ids], dtype=object)
             self.vocabulary = tf.Variable(ids.astype(bytes), trainable=False, name="vocabulary")
             self.table = tf.lookup.StaticHashTable(
@@ -167,29 +183,86 @@ def _make_module_class() -> type:
                 ),
                 default_value=-1,
             )
-            popularity = model.popularity.astype(np.float32)
-            popularity = popularity / max(float(popularity.max()), 1.0)
-            # Columns: decayed-history blocks, bias (used when the history is not empty),
-            # popularity (used when it is): the empty-history fallback costs no extra pass.
-            output = np.concatenate(
-                [model.output_embeddings.astype(np.float32), popularity[:, None]], axis=1
-            )
             self.input_embeddings = tf.Variable(
                 model.input_embeddings.astype(np.float32), trainable=False, name="input_embeddings"
             )
-            # Stored transposed, [features, n_items]: q @ W^T then streams contiguous rows
-            # (measured ~20% faster than matmul(..., transpose_b=True) at 100k x 66).
-            self.output_embeddings = tf.Variable(
-                np.ascontiguousarray(output.T), trainable=False, name="output_embeddings"
+            self.query_projection = tf.Variable(
+                model.query_projection.astype(np.float32), trainable=False, name="query_projection"
             )
+            # Items as the positions of a 1x1 convolution with ``rank`` channels: on CPU this
+            # runs about 1.5x faster than MatMul for one query row (measured at 100k x 64).
+            # Padding rows (zeros) round the count up to whole blocks; they are excluded
+            # like history items.
+            output = np.zeros((padded, rank), dtype=np.float32)
+            output[:n_items] = model.output_embeddings
+            self.output_embeddings = tf.Variable(
+                output.reshape(1, padded, 1, rank), trainable=False, name="output_embeddings"
+            )
+            # The empty-history answer is the same for every request: items by popularity.
+            popularity = model.popularity.astype(np.float32)
+            popularity = popularity / max(float(popularity.max()), 1.0)
+            order = np.argsort(-popularity, kind="stable")
+            self.popular_items = tf.Variable(order.astype(np.int64), trainable=False)
+            self.popular_scores = tf.Variable(popularity[order], trainable=False)
+
+        def _scores(self, query: Any) -> Any:
+            """``[batch, rank]`` queries -> ``[batch, padded]`` scores (one 1x1 convolution)."""
+            filters = tf.reshape(tf.transpose(query), [1, 1, -1, tf.shape(query)[0]])
+            scores = tf.nn.conv2d(self.output_embeddings, filters, strides=1, padding="VALID")
+            return tf.transpose(tf.reshape(scores, [self._padded, -1]))
+
+        def _exclude(self, scores: Any, rows: Any, columns: Any) -> Any:
+            """-inf at (rows, columns) and at the padding items: touches only those positions."""
+            if self._padded > self._n_items:
+                batch = tf.shape(scores)[0]
+                pads = tf.range(self._n_items, self._padded, dtype=tf.int64)
+                pad_rows = tf.repeat(tf.range(batch, dtype=tf.int64), self._padded - self._n_items)
+                rows = tf.concat([rows, pad_rows], axis=0)
+                columns = tf.concat([columns, tf.tile(pads, [batch])], axis=0)
+            positions = tf.stack([rows, columns], axis=1)
+            minus_inf = tf.fill(tf.shape(rows), tf.constant(-np.inf, tf.float32))
+            return tf.tensor_scatter_nd_update(scores, positions, minus_inf)
 
         def _top_k(self, scores: Any, k: Any) -> tuple[Any, Any]:
+            """Top ``k`` (clipped to the catalog) of ``[batch, padded]`` scores, best first."""
             k = tf.clip_by_value(k, 0, self._n_items)
-            values, indices = tf.math.top_k(scores, k=k, sorted=True)
-            ids = tf.gather(self.vocabulary, indices)
-            real = tf.math.is_finite(values)  # excluded items carry -inf inside the graph
+            if not self._block:
+                values, indices = tf.math.top_k(scores, k=k, sorted=True)
+            else:
+                # Stage 1: the k best items lie in the k blocks with the best maxima.
+                n_blocks = self._padded // self._block
+                batch = tf.shape(scores)[0]
+                blocks = tf.reshape(scores, [batch, n_blocks, self._block])
+                chosen = tf.minimum(k, n_blocks)
+                _, best_blocks = tf.math.top_k(
+                    tf.reduce_max(blocks, axis=2), k=chosen, sorted=False
+                )
+                # Stage 2: top k among those blocks' items.
+                candidates = tf.gather(blocks, best_blocks, batch_dims=1)
+                candidates = tf.reshape(candidates, [batch, chosen * self._block])
+                values, picked = tf.math.top_k(candidates, k=k, sorted=True)
+                block_of = tf.gather(best_blocks, picked // self._block, batch_dims=1)
+                indices = block_of * self._block + picked % self._block
+            # Excluded and padding items carry -inf; a padding index is clamped for the gather.
+            ids = tf.gather(self.vocabulary, tf.minimum(indices, self._n_items - 1))
+            real = tf.math.is_finite(values)
             ids = tf.where(real, ids, tf.zeros_like(ids))
             return ids, tf.where(real, values, tf.zeros_like(values))
+
+        def _features(self, vectors: Any, weights: Any, age: Any, nonempty: Any) -> Any:
+            """History features (decay blocks + bias) as in ``ml.model.history_features``."""
+            blocks = []
+            for decay in self._decays:
+                factor = weights * tf.pow(tf.constant(decay, tf.float32), age)
+                total = tf.reduce_sum(factor, axis=1, keepdims=True)
+                summed = tf.einsum("bl,bld->bd", factor, vectors)
+                scale = tf.where(
+                    total > 0,
+                    tf.pow(tf.maximum(total, 1e-12), -self._norm_power),
+                    tf.zeros_like(total),
+                )
+                blocks.append(summed * scale)
+            return tf.concat([*blocks, nonempty], axis=1)
 
         @tf.function(
             input_signature=[
@@ -206,28 +279,24 @@ def _make_module_class() -> type:
             age = tf.cumsum(present, axis=1, exclusive=True, reverse=True)
             safe_index = tf.maximum(index, 0)
             vectors = tf.gather(self.input_embeddings, safe_index)  # [b, l, dim]
-            blocks = []
-            for decay in self._decays:
-                factor = weights * tf.pow(tf.constant(decay, tf.float32), age)
-                total = tf.reduce_sum(factor, axis=1, keepdims=True)
-                summed = tf.einsum("bl,bld->bd", factor, vectors)
-                scale = tf.where(
-                    total > 0,
-                    tf.pow(tf.maximum(total, 1e-12), -self._norm_power),
-                    tf.zeros_like(total),
-                )
-                blocks.append(summed * scale)
-            empty = tf.cast(tf.reduce_sum(present, axis=1, keepdims=True) == 0, tf.float32)
-            query = tf.concat([*blocks, 1.0 - empty, empty], axis=1)
-            scores = tf.matmul(query, self.output_embeddings)  # [b, n]
+            nonempty = tf.cast(tf.reduce_sum(present, axis=1, keepdims=True) > 0, tf.float32)
+            query = tf.matmul(
+                self._features(vectors, weights, age, nonempty), self.query_projection
+            )
+            scores = self._scores(query)  # [b, padded]
             rows = tf.broadcast_to(
                 tf.range(tf.shape(index)[0], dtype=tf.int64)[:, None], tf.shape(index)
             )
-            seen = tf.boolean_mask(tf.stack([rows, safe_index], axis=-1), valid)
-            scores = tf.tensor_scatter_nd_update(
-                scores, seen, tf.fill(tf.shape(seen)[:1], tf.constant(-np.inf, tf.float32))
+            ids, values = self._top_k(
+                self._exclude(scores, tf.boolean_mask(rows, valid), tf.boolean_mask(index, valid)),
+                k,
             )
-            ids, values = self._top_k(scores, k)
+            # An empty (or all-unknown) history: the items by popularity, a constant answer.
+            k_clipped = tf.clip_by_value(k, 0, self._n_items)
+            popular_ids = tf.gather(self.vocabulary, self.popular_items[:k_clipped])
+            empty = nonempty[:, :1] == 0
+            ids = tf.where(empty, popular_ids[None, :], ids)
+            values = tf.where(empty, self.popular_scores[None, :k_clipped], values)
             return {"item_ids": ids, "scores": values}
 
         @tf.function(
@@ -240,17 +309,14 @@ def _make_module_class() -> type:
             index = self.table.lookup(item_ids)
             known = index >= 0
             safe_index = tf.maximum(index, 0)
-            vector = tf.gather(self.input_embeddings, safe_index)  # one entry, weight 1, age 0
-            batch = tf.shape(index)[0]
-            ones = tf.ones([batch, 1], tf.float32)
-            query = tf.concat([vector] * len(self._decays) + [ones, tf.zeros_like(ones)], axis=1)
-            scores = tf.matmul(query, self.output_embeddings)
-            minus_inf = tf.constant(-np.inf, tf.float32)
-            scores = tf.where(known[:, None], scores, tf.fill(tf.shape(scores), minus_inf))
-            own = tf.stack([tf.range(batch, dtype=tf.int64), safe_index], axis=1)
-            own = tf.boolean_mask(own, known)
-            scores = tf.tensor_scatter_nd_update(scores, own, tf.fill(tf.shape(own)[:1], minus_inf))
-            ids, values = self._top_k(scores, k)
+            vectors = tf.gather(self.input_embeddings, safe_index)[:, None, :]  # one entry
+            ones = tf.ones(tf.shape(vectors)[:2], tf.float32)  # weight 1
+            features = self._features(vectors, ones, tf.zeros_like(ones), ones)  # age 0
+            scores = self._scores(tf.matmul(features, self.query_projection))
+            batch = tf.range(tf.shape(index)[0], dtype=tf.int64)
+            ids, values = self._top_k(self._exclude(scores, batch, safe_index), k)
+            ids = tf.where(known[:, None], ids, tf.zeros_like(ids))
+            values = tf.where(known[:, None], values, tf.zeros_like(values))
             return {"item_ids": ids, "scores": values}
 
     return _ServingModule
@@ -259,12 +325,12 @@ def _make_module_class() -> type:
 _module_class: type | None = None
 
 
-def ServingModule(model: TrainedModel) -> Any:
+def ServingModule(model: TrainedModel, block: int = TOP_K_BLOCK) -> Any:
     """The ``tf.Module`` that carries the vocabulary, the embeddings and both signatures."""
     global _module_class
     if _module_class is None:
         _module_class = _make_module_class()
-    return _module_class(model)
+    return _module_class(model, block)
 
 
 def write_warmup_requests(path: Path, model: TrainedModel, *, model_name: str) -> None:

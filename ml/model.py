@@ -8,9 +8,13 @@ How it scores (the same arithmetic runs in numpy here and in the exported SavedM
    ``g`` in ``decays``: ``f_g = sum_j w_j g**age_j V[i_j] / (sum_j w_j g**age_j) ** norm_power``
    where ``age_j`` counts the newer history entries. ``g = 1`` is long-term taste, a small ``g``
    is "what the shopper is looking at right now". A constant 1 is appended (item bias).
-3. ``scores = W q``: ``W`` holds the *output* embeddings, ``len(decays) * dim + 1`` floats per
-   item, fitted in closed form (ridge regression) to predict each next item of every training
-   sequence from the history before it. Scoring a request is one matrix-vector product.
+3. ``W`` (``len(decays) * dim + 1`` floats per item) is fitted in closed form (ridge regression)
+   to predict each next item of every training sequence from the history ``f`` before it.
+4. Serving compresses ``W`` to ``rank`` (default ``dim``) columns: ``W ~ E P^T`` with the best
+   rank-``rank`` approximation *in the norm of the training queries* (the weighted SVD of
+   ``W G^1/2``, ``G`` the regularised gram matrix of the features, i.e. reduced-rank ridge
+   regression). The decay blocks fold into the query: ``q = P^T f`` (``rank`` floats) and
+   ``scores = E q``, so a request scores exactly ``rank`` columns per item.
 
 Fitting costs one randomized SVD plus one pass over the training positions; no n_items^2 matrix
 is ever built, so it scales to large catalogs.
@@ -32,6 +36,7 @@ class ModelParams:
     decays: tuple[float, ...] = (1.0, 0.9, 0.5)  # recency decay per history step, one block each
     norm_power: float = 0.5  # 0: plain sums, 1: weighted means
     l2: float = 10.0  # ridge penalty on the output embeddings
+    rank: int | None = None  # scoring columns per item (None: dim); the query folds the rest
     user_balance: float = 0.5  # training positions weigh length(user) ** -user_balance
     svd_oversample: int = 16
     svd_iterations: int = 3
@@ -49,7 +54,8 @@ class TrainedModel:
 
     item_ids: np.ndarray  # external ids (object/str), index order
     input_embeddings: np.ndarray  # float32 (n_items, dim)
-    output_embeddings: np.ndarray  # float32 (n_items, len(decays) * dim + 1)
+    output_embeddings: np.ndarray  # float32 (n_items, rank): the scoring columns E
+    query_projection: np.ndarray  # float32 (len(decays) * dim + 1, rank): P, features -> query
     popularity: np.ndarray  # float32 (n_items,), users per item in the training data
     decays: tuple[float, ...]
     norm_power: float
@@ -59,11 +65,19 @@ class TrainedModel:
     def n_items(self) -> int:
         return int(self.item_ids.shape[0])
 
-    def query(self, offsets: np.ndarray, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """Query vectors for CSR-stored histories (oldest first), shape (n_rows, features)."""
+    @property
+    def rank(self) -> int:
+        return int(self.output_embeddings.shape[1])
+
+    def features(self, offsets: np.ndarray, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """History features for CSR-stored histories (oldest first), shape (n_rows, features)."""
         return history_features(
             self.input_embeddings, offsets, items, weights, self.decays, self.norm_power
         )
+
+    def query(self, offsets: np.ndarray, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Query vectors (n_rows, rank): the features projected by ``P``."""
+        return self.features(offsets, items, weights) @ self.query_projection
 
     def scores(self, queries: np.ndarray) -> np.ndarray:
         return queries @ self.output_embeddings.T
@@ -170,17 +184,44 @@ class _Statistics:
         features = self.gram.shape[0]
         penalty = np.full(features, l2)
         penalty[-1] = 1e-6  # leave the bias (popularity) nearly free
-        output = np.linalg.solve(self.gram + np.diag(penalty), self.cross.T).T.astype(np.float32)
+        regularised = self.gram + np.diag(penalty)
+        output = np.linalg.solve(regularised, self.cross.T).T
+        rank = self.params.rank or self.basis.shape[1]
+        embeddings, projection = compress(output, regularised, rank)
         popularity = np.bincount(self.train.items, minlength=self.train.n_items).astype(np.float32)
         return TrainedModel(
             item_ids=self.train.item_vocab,
             input_embeddings=self.basis,
-            output_embeddings=np.ascontiguousarray(output),
+            output_embeddings=embeddings,
+            query_projection=projection,
             popularity=popularity,
             decays=tuple(self.params.decays),
             norm_power=self.params.norm_power,
             params={**self.params.to_dict(), "dim": self.basis.shape[1], "l2": l2},
         )
+
+
+def compress(output: np.ndarray, gram: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """``output ~ E @ P.T`` with ``E`` (n_items, rank), ``P`` (features, rank).
+
+    The approximation is the best of its rank for the scores of queries distributed like the
+    training features: it minimises ``||(output - E P^T) G^1/2||_F`` (``G`` = feature gram), via
+    the top right singular vectors of ``output G^1/2``. Only features x features matrices are
+    decomposed, so the cost is one pass over ``output``.
+    """
+    features = gram.shape[0]
+    values, vectors = np.linalg.eigh((gram + gram.T) / 2.0)
+    values = np.maximum(values, max(float(values.max()), 1e-12) * 1e-10)
+    root = (vectors * np.sqrt(values)) @ vectors.T
+    inverse_root = (vectors / np.sqrt(values)) @ vectors.T
+    weighted = output @ root  # (n_items, features)
+    _, right = np.linalg.eigh(weighted.T @ weighted)
+    top = right[:, ::-1][:, : min(rank, features)]
+    if top.shape[1] < rank:  # fewer features than the rank: pad with zero columns
+        top = np.pad(top, ((0, 0), (0, rank - top.shape[1])))
+    embeddings = np.ascontiguousarray((weighted @ top).astype(np.float32))
+    projection = np.ascontiguousarray((inverse_root @ top).astype(np.float32))
+    return embeddings, projection
 
 
 def item_basis(train: Sequences, dim: int, params: ModelParams) -> np.ndarray:
