@@ -12,7 +12,9 @@ class ItemBody(serializers.Serializer):
         required=False, help_text="Path from the root, 'a/b/c' (or a list of names)."
     )
     tags = serializers.ListField(child=serializers.CharField(max_length=100), required=False)
-    price = serializers.DecimalField(max_digits=12, decimal_places=2, required=False)
+    price = serializers.DecimalField(
+        max_digits=12, decimal_places=2, required=False, allow_null=True
+    )
     available = serializers.BooleanField(required=False, default=True)
     attributes = serializers.DictField(required=False, help_text="Free-form, bounded size.")
 

@@ -140,7 +140,8 @@ class EventValidator:
                                 f"must be a string of 1 to {limit} characters (or an integer)",
                             )
                         )
-        if event_type not in self.types:
+        # isinstance first: a JSON object or list here is unhashable (was a 500, found by fuzzing)
+        if not isinstance(event_type, str) or event_type not in self.types:
             if event_type is None:
                 errors.append(RowError(index, "type", "required", "is required"))
             else:
