@@ -6,13 +6,12 @@ rest of Django's own settings, under `if PRODUCTION:`.
 
 from __future__ import annotations
 
-import os
 import re
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
-from .environment import env_list
+from .environment import env_list, env_str
 
 # Requests per key and scope. A view's `required_scope` picks its line; `*` covers the scopes not
 # listed (such as `/me`, which any key may call). Generous: they stop a runaway client, not load.
@@ -52,10 +51,7 @@ def _parse_rate_limits(raw: str) -> dict[str, str]:
     return limits
 
 
-def _rate_limits_from_env(name: str) -> dict[str, str]:
-    raw = os.environ.get(name)
-    if raw is None:
-        return dict(_DEFAULT_RATE_LIMITS)
+def rate_limits_setting(raw: str, *, name: str = "API_RATE_LIMITS") -> dict[str, str]:
     try:
         return _parse_rate_limits(raw)
     except ValueError as exc:
@@ -66,7 +62,7 @@ def _rate_limits_from_env(name: str) -> dict[str, str]:
 
 
 # Entries given here replace the defaults for their scope; the others keep their default.
-API_RATE_LIMITS = _rate_limits_from_env("API_RATE_LIMITS")
+API_RATE_LIMITS = rate_limits_setting(env_str("API_RATE_LIMITS", ""))
 
 
 def _parse_origin(origin: str) -> str:

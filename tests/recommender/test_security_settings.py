@@ -104,3 +104,22 @@ def test_admin_login_form_carries_a_csrf_token_and_a_post_without_it_is_refused(
     )
     assert accepted.status_code == 302
     assert client.get("/admin/").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "env, named",
+    [
+        ({"API_RATE_LIMITS": "events:write=lots"}, "API_RATE_LIMITS: expected"),
+        ({"CORS_ALLOWED_ORIGINS": "shop.example.com"}, "CORS_ALLOWED_ORIGINS: expected"),
+        ({"DJANGO_SECURE_HSTS_PRELOAD": "maybe"}, "DJANGO_SECURE_HSTS_PRELOAD: expected"),
+    ],
+)
+def test_bad_security_settings_stop_start_up_naming_the_variable(tmp_path, env, named):
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT, env={**production_env(tmp_path), **env}, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+
+    assert result.returncode != 0
+    assert named in result.stderr, result.stderr[-2000:]

@@ -6,7 +6,7 @@ from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
 from core.system.throttling import throttle_state_reset
-from recommender.settings.security import _rate_limits_from_env, parse_rate
+from recommender.settings.security import parse_rate, rate_limits_setting
 
 pytestmark = pytest.mark.django_db
 
@@ -99,15 +99,13 @@ def test_default_limits_are_generous_and_anonymous_schema_is_not_throttled(clien
         assert client.get("/api/v1/schema/").status_code == 200
 
 
-def test_rate_limits_setting_merges_with_defaults_and_names_its_variable_when_bad(monkeypatch):
-    monkeypatch.setenv("API_RATE_LIMITS", "events:write=100/s, models:write=2/m, admin=off")
-    limits = _rate_limits_from_env("API_RATE_LIMITS")
+def test_rate_limits_setting_merges_with_defaults_and_names_its_variable_when_bad():
+    limits = rate_limits_setting("events:write=100/s, models:write=2/m, admin=off")
     assert limits["events:write"] == "100/s"
     assert limits["models:write"] == "2/m"
     assert limits["admin"] == "off"
     assert limits["recommendations:read"]  # default kept
 
     for bad in ("events:write=fast", "events:write", "events:write=0/s", "=5/s"):
-        monkeypatch.setenv("API_RATE_LIMITS", bad)
         with pytest.raises(ImproperlyConfigured, match=r"^API_RATE_LIMITS: "):
-            _rate_limits_from_env("API_RATE_LIMITS")
+            rate_limits_setting(bad)
