@@ -74,11 +74,15 @@ def _parse_origin(origin: str) -> str:
     return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
+def _origins_setting(origins: list[str]) -> list[str]:
+    try:
+        return [_parse_origin(origin) for origin in origins]
+    except ValueError as exc:
+        raise ImproperlyConfigured(
+            f"CORS_ALLOWED_ORIGINS: expected comma-separated origins like "
+            f"https://shop.example.com ({exc})"
+        ) from exc
+
+
 # Browser origins of the storefronts that call the API directly. Empty: no CORS headers at all.
-try:
-    CORS_ALLOWED_ORIGINS = [_parse_origin(o) for o in env_list("CORS_ALLOWED_ORIGINS", [])]
-except ValueError as exc:
-    raise ImproperlyConfigured(
-        f"CORS_ALLOWED_ORIGINS: expected comma-separated origins like "
-        f"https://shop.example.com ({exc})"
-    ) from exc
+CORS_ALLOWED_ORIGINS = _origins_setting(env_list("CORS_ALLOWED_ORIGINS", []))

@@ -109,3 +109,33 @@ def test_rate_limits_setting_merges_with_defaults_and_names_its_variable_when_ba
     for bad in ("events:write=fast", "events:write", "events:write=0/s", "=5/s"):
         with pytest.raises(ImproperlyConfigured, match=r"^API_RATE_LIMITS: "):
             rate_limits_setting(bad)
+
+
+@pytest.mark.skipif(not django_settings.REDIS_URL, reason="needs REDIS_URL")
+def test_a_throttled_request_costs_one_redis_round_trip(settings, make_client, monkeypatch):
+    # given: a spy on every Redis round trip (single commands and pipelines)
+    settings.API_RATE_LIMITS = LOW
+    client = make_client("events:write")
+    trips: list[str] = []
+    real_execute = redis.client.Pipeline.execute
+    real_command = redis.Redis.execute_command
+
+    def pipeline_execute(self, *args, **kwargs):
+        trips.append(" ".join(str(part) for cmd in self.command_stack for part in cmd[0][:2]))
+        return real_execute(self, *args, **kwargs)
+
+    def single_command(self, *args, **kwargs):
+        trips.append(" ".join(str(part) for part in args[:2]))
+        return real_command(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", pipeline_execute)
+    monkeypatch.setattr(redis.Redis, "execute_command", single_command)
+
+    # when
+    client.get("/api/v1/me")
+
+    # then
+    throttle_trips = [trip for trip in trips if "rec:throttle" in trip]
+    assert len(throttle_trips) == 1, trips
+    assert throttle_trips[0].startswith("INCRBY rec:throttle:")
+    assert " EXPIRE rec:throttle:" in throttle_trips[0]
