@@ -173,7 +173,9 @@ def _make_module_class() -> type:
             self._norm_power = float(model.norm_power)
             # Two-stage top-k needs a few blocks; tiny catalogs use one top_k over everything.
             self._block = block if block > 0 and n_items >= 4 * block else 0
-            padded = -(-n_items // self._block) * self._block if self._block else n_items
+            # Blocked: at least one padding item (column n_items), the target of the exclusion
+            # scatter for invalid history entries, so the scatter needs no boolean mask.
+            padded = (n_items // self._block + 1) * self._block if self._block else n_items
             self._padded = padded
             ids = np.asarray([str(i) for i in model.item_ids], dtype=object)
             self.vocabulary = tf.Variable(ids.astype(bytes), trainable=False, name="vocabulary")
@@ -186,9 +188,12 @@ def _make_module_class() -> type:
             self.input_embeddings = tf.Variable(
                 model.input_embeddings.astype(np.float32), trainable=False, name="input_embeddings"
             )
+            projection = model.query_projection.astype(np.float32)
             self.query_projection = tf.Variable(
-                model.query_projection.astype(np.float32), trainable=False, name="query_projection"
-            )
+                projection[:-1], trainable=False, name="query_projection"
+            )  # [decay blocks * dim, rank]
+            self.query_bias = tf.Variable(projection[-1:], trainable=False, name="query_bias")
+            self._decay_powers = np.asarray(self._decays, dtype=np.float32)
             # Items as the positions of a 1x1 convolution with ``rank`` channels: on CPU this
             # runs about 1.5x faster than MatMul for one query row (measured at 100k x 64).
             # Padding rows (zeros) round the count up to whole blocks; they are excluded
@@ -211,16 +216,17 @@ def _make_module_class() -> type:
             scores = tf.nn.conv2d(self.output_embeddings, filters, strides=1, padding="VALID")
             return tf.transpose(tf.reshape(scores, [self._padded, -1]))
 
-        def _exclude(self, scores: Any, rows: Any, columns: Any) -> Any:
-            """-inf at (rows, columns) and at the padding items: touches only those positions."""
-            if self._padded > self._n_items:
-                batch = tf.shape(scores)[0]
-                pads = tf.range(self._n_items, self._padded, dtype=tf.int64)
-                pad_rows = tf.repeat(tf.range(batch, dtype=tf.int64), self._padded - self._n_items)
-                rows = tf.concat([rows, pad_rows], axis=0)
-                columns = tf.concat([columns, tf.tile(pads, [batch])], axis=0)
-            positions = tf.stack([rows, columns], axis=1)
-            minus_inf = tf.fill(tf.shape(rows), tf.constant(-np.inf, tf.float32))
+        def _exclude(self, scores: Any, columns: Any) -> Any:
+            """-inf at ``columns`` ([batch, m] item indices) of each row: touches only those.
+
+            Blocked graphs map invalid entries to the padding column ``n_items``; padding items
+            are masked later, among the candidates.
+            """
+            rows = tf.broadcast_to(
+                tf.range(tf.shape(columns)[0], dtype=tf.int64)[:, None], tf.shape(columns)
+            )
+            positions = tf.reshape(tf.stack([rows, columns], axis=-1), [-1, 2])
+            minus_inf = tf.fill(tf.shape(positions)[:1], tf.constant(-np.inf, tf.float32))
             return tf.tensor_scatter_nd_update(scores, positions, minus_inf)
 
         def _top_k(self, scores: Any, k: Any) -> tuple[Any, Any]:
@@ -229,40 +235,47 @@ def _make_module_class() -> type:
             if not self._block:
                 values, indices = tf.math.top_k(scores, k=k, sorted=True)
             else:
-                # Stage 1: the k best items lie in the k blocks with the best maxima.
+                # Stage 1: the k best items lie in the k blocks with the best maxima. Padding
+                # items score 0 until masked, which can lift the last block's maximum: one
+                # block more keeps the answer exact.
                 n_blocks = self._padded // self._block
                 batch = tf.shape(scores)[0]
                 blocks = tf.reshape(scores, [batch, n_blocks, self._block])
-                chosen = tf.minimum(k, n_blocks)
+                chosen = tf.minimum(k + 1, n_blocks)
                 _, best_blocks = tf.math.top_k(
                     tf.reduce_max(blocks, axis=2), k=chosen, sorted=False
                 )
-                # Stage 2: top k among those blocks' items.
-                candidates = tf.gather(blocks, best_blocks, batch_dims=1)
-                candidates = tf.reshape(candidates, [batch, chosen * self._block])
-                values, picked = tf.math.top_k(candidates, k=k, sorted=True)
-                block_of = tf.gather(best_blocks, picked // self._block, batch_dims=1)
-                indices = block_of * self._block + picked % self._block
+                # Stage 2: top k among those blocks' items, padding masked.
+                candidates = tf.gather(blocks, best_blocks, batch_dims=1)  # [b, chosen, block]
+                item = best_blocks[:, :, None] * self._block + tf.range(self._block)[None, None]
+                minus_inf = tf.constant(-np.inf, tf.float32)
+                candidates = tf.where(item < self._n_items, candidates, minus_inf)
+                values, picked = tf.math.top_k(
+                    tf.reshape(candidates, [batch, chosen * self._block]), k=k, sorted=True
+                )
+                indices = tf.gather(tf.reshape(item, [batch, -1]), picked, batch_dims=1)
             # Excluded and padding items carry -inf; a padding index is clamped for the gather.
             ids = tf.gather(self.vocabulary, tf.minimum(indices, self._n_items - 1))
             real = tf.math.is_finite(values)
             ids = tf.where(real, ids, tf.zeros_like(ids))
             return ids, tf.where(real, values, tf.zeros_like(values))
 
-        def _features(self, vectors: Any, weights: Any, age: Any, nonempty: Any) -> Any:
-            """History features (decay blocks + bias) as in ``ml.model.history_features``."""
-            blocks = []
-            for decay in self._decays:
-                factor = weights * tf.pow(tf.constant(decay, tf.float32), age)
-                total = tf.reduce_sum(factor, axis=1, keepdims=True)
-                summed = tf.einsum("bl,bld->bd", factor, vectors)
-                scale = tf.where(
-                    total > 0,
-                    tf.pow(tf.maximum(total, 1e-12), -self._norm_power),
-                    tf.zeros_like(total),
-                )
-                blocks.append(summed * scale)
-            return tf.concat([*blocks, nonempty], axis=1)
+        def _query(self, vectors: Any, weights: Any, age: Any) -> tuple[Any, Any]:
+            """History -> ``[batch, rank]`` query (``ml.model``: features @ P), and nonempty.
+
+            All decay blocks at once: entry weights ``w * g**age`` per block, normalised per
+            block, one einsum over the history, one ``[blocks * dim, rank]`` product.
+            """
+            factor = weights[:, :, None] * tf.pow(self._decay_powers, age[:, :, None])  # [b,l,g]
+            total = tf.reduce_sum(factor, axis=1, keepdims=True)  # [b, 1, g]
+            scale = tf.where(
+                total > 0, tf.pow(tf.maximum(total, 1e-12), -self._norm_power), tf.zeros_like(total)
+            )
+            mixed = tf.einsum("blg,bld->bgd", factor * scale, vectors)
+            batch = tf.shape(vectors)[0]
+            mixed = tf.reshape(mixed, [batch, tf.shape(self.query_projection)[0]])
+            nonempty = tf.cast(total[:, :, 0] > 0, tf.float32)  # [b, 1]
+            return tf.matmul(mixed, self.query_projection) + nonempty * self.query_bias, nonempty
 
         @tf.function(
             input_signature=[
@@ -275,26 +288,22 @@ def _make_module_class() -> type:
             index = self.table.lookup(history)
             valid = tf.logical_and(index >= 0, history_weights > 0)
             weights = tf.where(valid, history_weights, tf.zeros_like(history_weights))
-            present = tf.cast(valid, tf.float32)
-            age = tf.cumsum(present, axis=1, exclusive=True, reverse=True)
-            safe_index = tf.maximum(index, 0)
-            vectors = tf.gather(self.input_embeddings, safe_index)  # [b, l, dim]
-            nonempty = tf.cast(tf.reduce_sum(present, axis=1, keepdims=True) > 0, tf.float32)
-            query = tf.matmul(
-                self._features(vectors, weights, age, nonempty), self.query_projection
-            )
+            age = tf.cumsum(tf.cast(valid, tf.float32), axis=1, exclusive=True, reverse=True)
+            vectors = tf.gather(self.input_embeddings, tf.maximum(index, 0))  # [b, l, dim]
+            query, nonempty = self._query(vectors, weights, age)
             scores = self._scores(query)  # [b, padded]
-            rows = tf.broadcast_to(
-                tf.range(tf.shape(index)[0], dtype=tf.int64)[:, None], tf.shape(index)
-            )
-            ids, values = self._top_k(
-                self._exclude(scores, tf.boolean_mask(rows, valid), tf.boolean_mask(index, valid)),
-                k,
-            )
+            if self._block:  # invalid entries hit the padding column n_items
+                scores = self._exclude(scores, tf.where(valid, index, self._n_items))
+            else:
+                where = tf.where(valid)
+                positions = tf.concat([where[:, :1], tf.gather_nd(index, where)[:, None]], 1)
+                minus_inf = tf.fill(tf.shape(positions)[:1], tf.constant(-np.inf, tf.float32))
+                scores = tf.tensor_scatter_nd_update(scores, positions, minus_inf)
+            ids, values = self._top_k(scores, k)
             # An empty (or all-unknown) history: the items by popularity, a constant answer.
             k_clipped = tf.clip_by_value(k, 0, self._n_items)
             popular_ids = tf.gather(self.vocabulary, self.popular_items[:k_clipped])
-            empty = nonempty[:, :1] == 0
+            empty = nonempty == 0
             ids = tf.where(empty, popular_ids[None, :], ids)
             values = tf.where(empty, self.popular_scores[None, :k_clipped], values)
             return {"item_ids": ids, "scores": values}
@@ -310,11 +319,9 @@ def _make_module_class() -> type:
             known = index >= 0
             safe_index = tf.maximum(index, 0)
             vectors = tf.gather(self.input_embeddings, safe_index)[:, None, :]  # one entry
-            ones = tf.ones(tf.shape(vectors)[:2], tf.float32)  # weight 1
-            features = self._features(vectors, ones, tf.zeros_like(ones), ones)  # age 0
-            scores = self._scores(tf.matmul(features, self.query_projection))
-            batch = tf.range(tf.shape(index)[0], dtype=tf.int64)
-            ids, values = self._top_k(self._exclude(scores, batch, safe_index), k)
+            ones = tf.ones(tf.shape(vectors)[:2], tf.float32)  # weight 1, age 0
+            query, _ = self._query(vectors, ones, tf.zeros_like(ones))
+            ids, values = self._top_k(self._exclude(self._scores(query), safe_index[:, None]), k)
             ids = tf.where(known[:, None], ids, tf.zeros_like(ids))
             values = tf.where(known[:, None], values, tf.zeros_like(values))
             return {"item_ids": ids, "scores": values}
