@@ -151,8 +151,8 @@ def _celery_queue_length(queue: str) -> int | None:
             client = redis.Redis.from_url(broker, socket_timeout=0.2, socket_connect_timeout=0.2)
             return int(client.llen(queue))
         if broker.startswith("filesystem://"):
-            folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"]
-            return sum(1 for name in os.listdir(folder) if name.endswith(f".{queue}.msg"))
+            folder = str(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"])
+            return len([name for name in os.listdir(folder) if name.endswith(f".{queue}.msg")])
     except Exception:
         logger.warning("metrics: queue depth unavailable", exc_info=True)
     return None
