@@ -41,7 +41,7 @@ def _check_id(value: str, what: str) -> str:
 
 class IdListField(serializers.CharField):
     def to_internal_value(self, data):
-        return _id_list(str(super().to_internal_value(data)), self.field_name)
+        return _id_list(str(super().to_internal_value(data)), self.field_name or "ids")
 
 
 class CountField(serializers.IntegerField):
@@ -81,7 +81,7 @@ class ModelOut(serializers.Serializer):
 class ListOut(serializers.Serializer):
     recommendation_id = serializers.CharField()
     model = ModelOut()
-    source = serializers.CharField()
+    source = serializers.CharField()  # type: ignore[assignment]  # the answer's, not Field.source
     page = serializers.IntegerField()
     has_more = serializers.BooleanField()
     items = ItemOut(many=True)

@@ -344,7 +344,7 @@ def grpc_caller(target: str, k: int) -> Callable[[], Callable[[object], tuple[in
     def make() -> Callable[[object], tuple[int, str]]:
         def call(history: object) -> tuple[int, str]:
             try:
-                client.recommend(list(history), k=k)  # type: ignore[arg-type]
+                client.recommend(list(history), k=k)  # type: ignore[arg-type,call-overload]
             except Exception:
                 return 0, ""
             return 200, "grpc"

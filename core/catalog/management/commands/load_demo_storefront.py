@@ -64,12 +64,12 @@ class Command(BaseCommand):
         )
         rows = [
             ItemIn(
-                external_id=item["item_id"],
-                title=item["title"],
-                category=item["category"],
-                tags=tuple(item["tags"]),
+                external_id=str(item["item_id"]),
+                title=str(item["title"]),
+                category=str(item["category"]),
+                tags=tuple(str(tag) for tag in item["tags"]),  # type: ignore[attr-defined]
                 price=Decimal(str(item["price"])),
-                available=item["available"],
+                available=bool(item["available"]),
             )
             for item in shop.iter_items()
         ]
