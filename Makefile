@@ -25,9 +25,10 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)  ## Create .venv and install the pinned dependencies
 
-lint: install  ## ruff lint + format check, and migrations in step with models
+lint: install  ## ruff lint + format check, mypy, and migrations in step with models
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy recommender core ml
 	$(TEST_ENV) $(PY) manage.py makemigrations --check --dry-run
 
 format: install  ## Apply ruff's fixes and formatting
