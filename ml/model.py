@@ -197,7 +197,7 @@ class _Statistics:
             popularity=popularity,
             decays=tuple(self.params.decays),
             norm_power=self.params.norm_power,
-            params={**self.params.to_dict(), "dim": self.basis.shape[1], "l2": l2},
+            params={**self.params.to_dict(), "dim": self.basis.shape[1], "rank": rank, "l2": l2},
         )
 
 

@@ -88,7 +88,10 @@ def train(events: Interactions, params: TrainParams | None = None) -> TrainResul
     model = fit(sequences, model_params)
     train_seconds = time.perf_counter() - started + tune_seconds
     card: dict[str, object] = {
-        "algorithm": "decayed-history ridge regression on SVD item embeddings (ml.model)",
+        "algorithm": (
+            "decayed-history ridge regression on SVD item embeddings, reduced to `rank` "
+            "scoring columns (ml.model)"
+        ),
         "parameters": model.params,
         "event_weights": params.event_weights,
         "data": {
