@@ -39,16 +39,20 @@ def _cache() -> str:
 
 
 def _model_server() -> str:
-    import grpc
+    """The model server answers and serves at least one AVAILABLE version of MODEL_NAME."""
+    from core.recommendations.model_gateway import client
+    from ml.serving.client import ModelNotFound
 
-    channel = grpc.insecure_channel(settings.MODEL_SERVER_TARGET)
+    target, name = settings.MODEL_SERVER_TARGET, settings.MODEL_NAME
     try:
-        grpc.channel_ready_future(channel).result(timeout=CHECK_TIMEOUT_SECONDS)
-    except grpc.FutureTimeoutError as exc:
-        raise RuntimeError(f"no gRPC server answers at {settings.MODEL_SERVER_TARGET}") from exc
-    finally:
-        channel.close()
-    return settings.MODEL_SERVER_TARGET
+        statuses = client().model_status(name, timeout=CHECK_TIMEOUT_SECONDS)
+    except ModelNotFound as exc:
+        raise RuntimeError(f"{target} answers but serves no version of {name!r}") from exc
+    available = sorted(status.version for status in statuses if status.available)
+    if not available:
+        states = ", ".join(f"v{status.version} {status.state}" for status in statuses)
+        raise RuntimeError(f"{target} has no AVAILABLE version of {name!r} ({states})")
+    return f"{target} serves {name} version {available[-1]}"
 
 
 # The database check runs in the request's thread (its connection is the request's own);
