@@ -258,6 +258,13 @@ def _count_arm(plan: ServingPlan, *, error: bool = False, seconds: float | None 
         )
 
 
+def _history(user_id: str, session_items: Sequence[str]) -> list[sources.HistoryEntry]:
+    """The stored history (oldest first) then this session's items, the most recent kept."""
+    stored = sources.user_history(user_id) if user_id else []
+    session = [sources.HistoryEntry(item_id, sources.SESSION_WEIGHT) for item_id in session_items]
+    return (stored + session)[-settings.RECOMMENDATIONS_HISTORY_LENGTH :]
+
+
 def recommendations_for_user(
     *,
     user_id: str,
@@ -269,11 +276,7 @@ def recommendations_for_user(
 ) -> ServedPage:
     """A fresh list for a shopper (known or not) and its `page`-th page."""
     budget = _Budget(settings.RECOMMENDATIONS_BUDGET_MS / 1000)
-    history = sources.user_history(user_id) if user_id else []
-    history = history + [
-        sources.HistoryEntry(item_id, sources.SESSION_WEIGHT) for item_id in session_items
-    ]
-    history = history[-settings.RECOMMENDATIONS_HISTORY_LENGTH :]
+    history = _history(user_id, session_items)
     excluded = set(exclude) | sources.items_not_to_repeat(user_id)
     want = settings.RECOMMENDATIONS_LIST_LENGTH + len(excluded)
     if category:
@@ -382,13 +385,10 @@ def rank_for_user(
     *, user_id: str, item_ids: Sequence[str], session_items: Sequence[str] = ()
 ) -> ServedPage:
     """The given candidates in personal order. Candidates the model does not rank within its
-    depth follow in popularity order; unknown or unavailable candidates are dropped."""
+    depth follow in popularity order (among the RANK_DEPTH most popular; the rest keep the
+    caller's order); unknown or unavailable candidates are dropped."""
     budget = _Budget(settings.RECOMMENDATIONS_BUDGET_MS / 1000)
-    history = sources.user_history(user_id) if user_id else []
-    history = history + [
-        sources.HistoryEntry(item_id, sources.SESSION_WEIGHT) for item_id in session_items
-    ]
-    history = history[-settings.RECOMMENDATIONS_HISTORY_LENGTH :]
+    history = _history(user_id, session_items)
     model_name, model_version, source = settings.MODEL_NAME, None, "fallback:popular"
     order: dict[str, float] = {}
     if history:
@@ -405,7 +405,8 @@ def rank_for_user(
         except model_gateway.ModelUnavailable as exc:
             logger.warning("model unavailable for ranking: %s", exc)
     popularity = {
-        c.item_id: c.score for c in sources.popular_items(category=None, window=None, limit=10_000)
+        c.item_id: c.score
+        for c in sources.popular_items(category=None, window=None, limit=model_gateway.RANK_DEPTH)
     }
     unique = list(dict.fromkeys(item_ids))
     ranked = sorted(
