@@ -115,12 +115,12 @@ def parse_category(raw: Any) -> str | None:
     return path if len(path) <= MAX_CATEGORY_LENGTH else None
 
 
-def item_parse(row: Any, *, index: int, external_id: Any = None) -> tuple[ItemIn | None, list]:
-    """One item from a JSON object. `external_id` comes from the URL for PUT /items/{id}."""
+def _row_id(
+    row: dict, allowed: frozenset[str], index: int, external_id: Any
+) -> tuple[Any, list[RowError]]:
+    """The row's id (from the URL for PUT, else the body) and the errors of fields and id."""
     errors: list[RowError] = []
-    if not isinstance(row, dict):
-        return None, [RowError(index, None, "invalid", "must be an object")]
-    _unknown_fields(row, ITEM_FIELDS, index, errors)
+    _unknown_fields(row, allowed, index, errors)
     raw_id = external_id if external_id is not None else row.get("id")
     if external_id is not None and "id" in row and str(row["id"]) != str(external_id):
         errors.append(RowError(index, "id", "mismatch", "differs from the id in the URL"))
@@ -128,6 +128,14 @@ def item_parse(row: Any, *, index: int, external_id: Any = None) -> tuple[ItemIn
         errors.append(RowError(index, "id", "required", "is required"))
     elif (problem := external_id_error(raw_id)) is not None:
         errors.append(RowError(index, "id", "invalid", problem))
+    return raw_id, errors
+
+
+def item_parse(row: Any, *, index: int, external_id: Any = None) -> tuple[ItemIn | None, list]:
+    """One item from a JSON object. `external_id` comes from the URL for PUT /items/{id}."""
+    if not isinstance(row, dict):
+        return None, [RowError(index, None, "invalid", "must be an object")]
+    raw_id, errors = _row_id(row, ITEM_FIELDS, index, external_id)
     title = row.get("title", "")
     if title is None:
         title = ""
@@ -203,17 +211,9 @@ def _price(raw: Any, index: int, errors: list[RowError]) -> Decimal | None:
 
 
 def user_parse(row: Any, *, index: int, external_id: Any = None) -> tuple[UserIn | None, list]:
-    errors: list[RowError] = []
     if not isinstance(row, dict):
         return None, [RowError(index, None, "invalid", "must be an object")]
-    _unknown_fields(row, USER_FIELDS, index, errors)
-    raw_id = external_id if external_id is not None else row.get("id")
-    if external_id is not None and "id" in row and str(row["id"]) != str(external_id):
-        errors.append(RowError(index, "id", "mismatch", "differs from the id in the URL"))
-    if raw_id is None:
-        errors.append(RowError(index, "id", "required", "is required"))
-    elif (problem := external_id_error(raw_id)) is not None:
-        errors.append(RowError(index, "id", "invalid", problem))
+    raw_id, errors = _row_id(row, USER_FIELDS, index, external_id)
     attributes = _attributes(row.get("attributes"), index, errors)
     if errors:
         return None, errors
