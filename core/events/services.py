@@ -142,7 +142,10 @@ def events_ingest(
 
 
 # Resolve storefront ids, claim keys and store, in one statement. Events naming an unknown user
-# or item are left out (their keys unclaimed) and reported back for the general path.
+# or item are left out (their keys unclaimed) and reported back for the general path. `LIMIT 1`
+# keeps each LATERAL lookup a unique-index probe: without it PostgreSQL pulls the subquery up into
+# a join, and with stale statistics (a freshly loaded catalog) hashes the whole table per batch
+# (31 of 46 ms per 1,000 events over 100,000 users).
 _INSERT_KNOWN = f"""
 WITH b AS (
     SELECT * FROM unnest(
@@ -154,8 +157,8 @@ WITH b AS (
 ),
 resolved AS (
     SELECT b.*, u.id AS user_id, i.id AS item_id FROM b
-    CROSS JOIN LATERAL (SELECT id FROM catalog_user WHERE external_id = b.user_ext) AS u
-    CROSS JOIN LATERAL (SELECT id FROM catalog_item WHERE external_id = b.item_ext) AS i
+    CROSS JOIN LATERAL (SELECT id FROM catalog_user WHERE external_id = b.user_ext LIMIT 1) AS u
+    CROSS JOIN LATERAL (SELECT id FROM catalog_item WHERE external_id = b.item_ext LIMIT 1) AS i
 ),
 fresh AS (
     INSERT INTO events_eventkey (event_id, received_at)
@@ -275,7 +278,7 @@ def _taken_keys(keys: list[str]) -> set[str]:
         with pg_cursor() as cursor:
             cursor.execute(
                 "SELECT k.event_id FROM unnest(%b::text[]) AS wanted(key) CROSS JOIN LATERAL "
-                "(SELECT event_id FROM events_eventkey WHERE event_id = wanted.key) AS k",
+                "(SELECT event_id FROM events_eventkey WHERE event_id = wanted.key LIMIT 1) AS k",
                 [keys],
             )
             return {row[0] for row in cursor.fetchall()}
