@@ -44,6 +44,23 @@ class Outcome:
     rows: list[EventRow]
     users: dict[int, UserState]
     items: dict[int, ItemState]
+    # PostgreSQL: user id -> (the Redis blob as JSON, built by the upsert; total events), instead
+    # of `users`.
+    user_blobs: dict[int, tuple[str, int]] | None = None
+
+
+@dataclass
+class Prepared:
+    """An outcome with every database lookup done: `send` only computes and writes Redis, so it
+    can run in another thread while the next batch folds."""
+
+    rows: list[EventRow]
+    users: dict[int, tuple[str, int]]  # user id -> (blob JSON, total events)
+    items: dict[int, ItemState]
+    user_ext: dict[int, str]
+    catalog: dict[int, tuple[str, str]]  # item id -> (external id, category)
+    # A rebuild (no rows): each shopper's whole recent history from the events table.
+    histories: dict[int, list[list[Any]]] | None
 
 
 def _fold(rows: list[EventRow]) -> tuple[dict[int, UserState], dict[int, ItemState]]:
@@ -158,7 +175,10 @@ ON CONFLICT (user_id) DO UPDATE SET
     weight_sum = f.weight_sum + EXCLUDED.weight_sum,
     last_event_at = GREATEST(f.last_event_at, EXCLUDED.last_event_at),
     last_event_id = GREATEST(f.last_event_id, EXCLUDED.last_event_id)
-RETURNING user_id, counts::text, weight_sum, last_event_at, last_event_id
+RETURNING user_id,
+    json_build_object('v', f.last_event_id, 'c', f.counts, 'w', f.weight_sum, 't', f.last_event_at)
+        ::text,
+    (SELECT sum(n::bigint) FROM jsonb_each_text(f.counts) AS c(k, n))::bigint
 """  # noqa: S608 (no user input in the SQL text)
 
 
@@ -210,9 +230,9 @@ RETURNING item_id, counts::text, popularity, trend_1h, trend_24h, trend_7d, tren
 """  # noqa: S608
 
 
-def _apply_sql(after: int, upto: int) -> tuple[dict[int, UserState], dict[int, ItemState]]:
+def _apply_sql(after: int, upto: int) -> tuple[dict[int, tuple[str, int]], dict[int, ItemState]]:
     """PostgreSQL: fold events (after, upto] in the server, two statements; the stored values of
-    every changed row come back for Redis."""
+    every changed row come back for Redis (a shopper's as the blob Redis stores)."""
     weights = settings.EVENT_TYPE_WEIGHTS
     params = {
         "types": list(weights),
@@ -224,10 +244,7 @@ def _apply_sql(after: int, upto: int) -> tuple[dict[int, UserState], dict[int, I
     loads = orjson.loads
     with raw_cursor() as cursor:
         cursor.execute(_USERS_SQL, params)
-        users = {
-            pk: UserState(loads(counts), weight_sum, at, last)
-            for pk, counts, weight_sum, at, last in cursor.fetchall()
-        }
+        users = {pk: (blob, total) for pk, blob, total in cursor.fetchall()}
         cursor.execute(_ITEMS_SQL, params)
         items = {
             pk: ItemState(
@@ -247,8 +264,8 @@ class ActivityConsumer:
 
     def apply(self, rows: list[EventRow], after: int, upto: int) -> Outcome:
         if is_postgresql():
-            users, items = _apply_sql(after, upto)
-            return Outcome(rows=rows, users=users, items=items)
+            blobs, items = _apply_sql(after, upto)
+            return Outcome(rows=rows, users={}, items=items, user_blobs=blobs)
         users, items = _fold(rows)
         old_users = users_load(users)
         for pk, state in users.items():
@@ -309,8 +326,11 @@ class ActivityConsumer:
         )
         return Outcome(rows=rows, users=users, items=items)
 
-    def publish(self, store: redis.Redis, outcome: Outcome) -> None:
-        _publish(store, outcome)
+    def prepare(self, outcome: Outcome) -> Prepared:
+        return _prepare(outcome)
+
+    def publish(self, store: redis.Redis, prepared: Prepared) -> None:
+        _send(store, prepared)
 
     def republish(self, store: redis.Redis, after: int, upto: int) -> None:
         size = settings.FEATURES_BATCH_SIZE
@@ -474,59 +494,80 @@ def history_commands(key: str, entries: list[list[Any]], total: int, length: int
     return commands
 
 
-def _flat_entries(entries: list[list[Any]]) -> list[str]:
-    flat: list[str] = []
-    for event_id, item, kind, at in entries:
-        flat.append(repr(at))
-        flat.append(history_member(event_id, item, kind))
-    return flat
-
-
 def _publish(store: redis.Redis, outcome: Outcome) -> None:
-    """Idempotent writes of committed values: SET of the counts, ZADD of the batch's events into
-    the history (members are unique per event, so a replay adds nothing), ZADD of item scores."""
-    length = settings.FEATURES_HISTORY_LENGTH
-    dumps = orjson.dumps
+    _send(store, _prepare(outcome))
+
+
+def _prepare(outcome: Outcome) -> Prepared:
+    """The database lookups `_send` needs: external ids, categories, and on a rebuild the
+    recent histories."""
+    users = outcome.user_blobs
+    if users is None:
+        dumps = orjson.dumps
+        users = {
+            pk: (dumps(user_blob(state)).decode(), sum(state.counts.values()))
+            for pk, state in outcome.users.items()
+        }
     item_ids = set(outcome.items) | {row[2] for row in outcome.rows if row[2] is not None}
-    catalog = items_catalog(item_ids)
-    if outcome.users:
-        user_ext = user_external_ids(outcome.users)
-        entries: dict[int, list[list[Any]]] = {}
-        for event_id, user_id, item_id, kind, at, _ in outcome.rows:
-            if item_id is not None and item_id in catalog:
-                entries.setdefault(user_id, []).append([event_id, catalog[item_id][0], kind, at])
-        no_rows = not outcome.rows
-        from_events = (
-            histories_from_events(list(user_ext), length) if no_rows else {}
-        )  # a rebuild: the whole recent history comes from the events table
-        users: list[list[Any]] = []
-        for pk, state in outcome.users.items():
-            ext = user_ext.get(pk)
-            if ext is None:
-                continue
-            history = (from_events.get(pk) if no_rows else entries.get(pk)) or []
-            users.append(
-                [
-                    ext,
-                    dumps(user_blob(state)).decode(),
-                    sum(state.counts.values()),
-                    _flat_entries(history),
-                ]
-            )
-        hotstore.users_write(store, users, length)
-    zsets: dict[str, dict[str, float]] = {}
+    user_ext = user_external_ids(users) if users else {}
+    histories = (
+        histories_from_events(list(user_ext), settings.FEATURES_HISTORY_LENGTH)
+        if users and not outcome.rows
+        else None
+    )
+    return Prepared(
+        rows=outcome.rows,
+        users=users,
+        items=outcome.items,
+        user_ext=user_ext,
+        catalog=items_catalog(item_ids),
+        histories=histories,
+    )
+
+
+def _send(store: redis.Redis, prepared: Prepared) -> None:
+    """Idempotent writes of committed values: SET of the counts, ZADD of the batch's events into
+    the history (members are unique per event, so a replay adds nothing), ZADD of item scores.
+    No database access (see `Prepared`)."""
+    catalog = prepared.catalog
+    if prepared.users:
+        # user id -> [event id, type, item external id, unix time, ...]: the script formats the
+        # members and scores (see hotstore.users_write).
+        entries: dict[int, list[Any]] = {}
+        if prepared.histories is None:
+            for event_id, user_id, item_id, kind, at, _ in prepared.rows:
+                known = catalog.get(item_id)  # type: ignore[arg-type]
+                if known is not None:
+                    found = entries.get(user_id)
+                    if found is None:
+                        found = entries[user_id] = []
+                    found += (event_id, kind, known[0], at)
+        else:
+            for pk, history in prepared.histories.items():
+                entries[pk] = [part for e in history for part in (e[0], e[2], e[1], e[3])]
+        user_ext = prepared.user_ext
+        users = [
+            [user_ext[pk], blob, total, entries.get(pk, ())]
+            for pk, (blob, total) in prepared.users.items()
+            if pk in user_ext
+        ]
+        hotstore.users_write(store, users, settings.FEATURES_HISTORY_LENGTH)
+    zsets: dict[str, list[Any]] = {}
     blobs: dict[str, str] = {}
-    for pk, item in outcome.items.items():
-        if pk not in catalog:
+    dumps = orjson.dumps
+    log_trend = hotstore.log_trend
+    for pk, item in prepared.items.items():
+        found_item = catalog.get(pk)
+        if found_item is None:
             continue
-        ext, category = catalog[pk]
+        ext, category = found_item
         blobs[hotstore.item_key(ext)] = dumps(item_blob(item)).decode()
-        scores = {"all": item.popularity}
+        scores = [("all", item.popularity)]
         for window, value in item.trends.items():
-            scores[window] = hotstore.log_trend(value, item.trend_ref, window)
+            scores.append((window, log_trend(value, item.trend_ref, window)))
         prefixes = hotstore.category_prefixes(category)
-        for window, score in scores.items():
-            zsets.setdefault(hotstore.zset_key(window), {})[ext] = score
+        for window, score in scores:
+            zsets.setdefault(hotstore.zset_key(window), []).extend((score, ext))
             for prefix in prefixes:
-                zsets.setdefault(hotstore.zset_key(window, prefix), {})[ext] = score
+                zsets.setdefault(hotstore.zset_key(window, prefix), []).extend((score, ext))
     hotstore.bulk_write(store, blobs, zsets)

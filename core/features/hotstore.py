@@ -141,41 +141,64 @@ def delete_matching(store: redis.Redis, pattern: str) -> int:
 
 
 # Writes many shoppers in one call: ARGV[1] = history length, ARGV[2] = JSON
-# [[user external id, counts JSON, total events, [score, member, score, member, ...]], ...].
-# One command for a thousand shoppers: the client packs one argument instead of thousands.
+# [[user external id, counts JSON, total events, [event id, type, item external id, unix time,
+# ...]], ...]. The script formats history members and scores, so the client packs one argument of
+# plain values instead of building two strings per event. Numbers reach Lua as exact doubles
+# (orjson writes the shortest exact form, cjson reads it with strtod); "%.17g" writes them back
+# exactly (Redis would format a Lua number with 14 digits). Event ids are below 2^53.
 _USERS_SCRIPT = """
 local length = tonumber(ARGV[1])
 local users = cjson.decode(ARGV[2])
+local format = string.format
 for _, user in ipairs(users) do
-  local ext, blob, total, entries = user[1], user[2], tonumber(user[3]), user[4]
-  redis.call('SET', 'feat:u:' .. ext, blob)
-  local key = 'feat:h:' .. ext
+  local ext, entries = user[1], user[4]
+  redis.call('SET', 'feat:u:' .. ext, user[2])
   local n = #entries
-  local start = 1
-  while start <= n do
-    local stop = math.min(start + 999, n)
-    redis.call('ZADD', key, unpack(entries, start, stop))
-    start = stop + 1
-  end
-  if n > 0 and total > length then
-    redis.call('ZREMRANGEBYRANK', key, 0, -length - 1)
+  if n > 0 then
+    local key = 'feat:h:' .. ext
+    local args, count = {}, 0
+    for i = 1, n, 4 do
+      args[count + 1] = format('%.17g', entries[i + 3])
+      args[count + 2] = format('%020d|%s|%s', entries[i], entries[i + 1], entries[i + 2])
+      count = count + 2
+      if count >= 1000 then
+        redis.call('ZADD', key, unpack(args, 1, count))
+        count = 0
+      end
+    end
+    if count > 0 then
+      redis.call('ZADD', key, unpack(args, 1, count))
+    end
+    if user[3] > length then
+      redis.call('ZREMRANGEBYRANK', key, 0, -length - 1)
+    end
   end
 end
 return #users
 """
 
+# Shoppers per script call: each call runs a few milliseconds, so serving reads in between never
+# wait long; the calls of one batch go in one pipeline (one round trip).
+_USERS_PER_CALL = 1000
+
 
 def users_write(store: redis.Redis, users: list[list[Any]], length: int) -> None:
-    """SET each shopper's counts and ZADD their new history entries (trimmed to `length`), a
-    thousand shoppers per round trip. Entries' scores are strings (exact floats)."""
+    """SET each shopper's counts and ZADD their new history entries (trimmed to `length`);
+    `users` as the script above takes them. One round trip."""
+    if not users:
+        return
     script = store.register_script(_USERS_SCRIPT)
-    for start in range(0, len(users), 1000):
-        script(args=[length, orjson.dumps(users[start : start + 1000])])
+    pipe = store.pipeline(transaction=False)
+    for start in range(0, len(users), _USERS_PER_CALL):
+        script(args=[length, orjson.dumps(users[start : start + _USERS_PER_CALL])], client=pipe)
+    pipe.execute()
 
 
-# ARGV[1] = JSON {"set": [[key, value], ...], "zadd": [[key, [score, member, ...]], ...]}.
+# ARGV[1] = JSON {"set": [[key, value], ...], "zadd": [[key, [score, member, ...]], ...]}, scores
+# as JSON numbers (formatted exactly by the script, as above).
 _WRITE_SCRIPT = """
 local data = cjson.decode(ARGV[1])
+local format = string.format
 for _, pair in ipairs(data["set"]) do
   redis.call('SET', pair[1], pair[2])
 end
@@ -185,7 +208,12 @@ for _, entry in ipairs(data["zadd"]) do
   local start = 1
   while start <= n do
     local stop = math.min(start + 999, n)
-    redis.call('ZADD', key, unpack(flat, start, stop))
+    local args = {}
+    for i = start, stop, 2 do
+      args[#args + 1] = format('%.17g', flat[i])
+      args[#args + 1] = flat[i + 1]
+    end
+    redis.call('ZADD', key, unpack(args))
     start = stop + 1
   end
 end
@@ -193,20 +221,12 @@ return 1
 """
 
 
-def bulk_write(
-    store: redis.Redis, values: dict[str, str], zsets: dict[str, dict[str, float]]
-) -> None:
-    """SET `values` and ZADD `zsets` ({key: {member: score}}) in one call: one argument to pack,
-    whatever the number of members."""
+def bulk_write(store: redis.Redis, values: dict[str, str], zsets: dict[str, list[Any]]) -> None:
+    """SET `values` and ZADD `zsets` ({key: [score, member, score, member, ...]}) in one call:
+    one argument to pack, whatever the number of members."""
     if not values and not zsets:
         return
-    payload = {
-        "set": [[key, value] for key, value in values.items()],
-        "zadd": [
-            [key, [part for member, score in members.items() for part in (repr(score), member)]]
-            for key, members in zsets.items()
-        ],
-    }
+    payload = {"set": list(values.items()), "zadd": list(zsets.items())}
     store.register_script(_WRITE_SCRIPT)(args=[orjson.dumps(payload)])
 
 

@@ -119,8 +119,11 @@ class NeighboursConsumer:
         )
         return tops
 
-    def publish(self, store: redis.Redis, outcome: Tops) -> None:
-        _publish(store, outcome)
+    def prepare(self, outcome: Tops) -> list[tuple]:
+        return _commands(outcome)
+
+    def publish(self, store: redis.Redis, prepared: list[tuple]) -> None:
+        hotstore.run_pipeline(store, prepared)
 
     def republish(self, store: redis.Redis, after: int, upto: int) -> None:
         rows = ItemNeighbours.objects.filter(last_event_id__gt=after).values_list(
@@ -193,8 +196,13 @@ def _pairs_add(pairs: dict[tuple[str, int, int], float]) -> dict[tuple[str, int,
 
 
 def _publish(store: redis.Redis, tops: Tops) -> None:
+    hotstore.run_pipeline(store, _commands(tops))
+
+
+def _commands(tops: Tops) -> list[tuple]:
+    """The Redis writes of `tops` (reads the items' external ids)."""
     if not tops:
-        return
+        return []
     ids = {item_id for _, item_id in tops}
     for top in tops.values():
         ids.update(other for other, _ in top)
@@ -205,4 +213,4 @@ def _publish(store: redis.Redis, tops: Tops) -> None:
             continue
         value = [[ext[other], count] for other, count in top if other in ext]
         commands.append(("set", hotstore.neighbours_key(kind, ext[item_id]), orjson.dumps(value)))
-    hotstore.run_pipeline(store, commands)
+    return commands

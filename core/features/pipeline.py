@@ -26,6 +26,7 @@ import time
 import traceback
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
@@ -56,8 +57,11 @@ class Consumer(Protocol):
         """Inside the batch transaction: fold `rows` (every visible event in (after, upto]) into
         the tables; return what `publish` needs."""
 
-    def publish(self, store: redis.Redis, outcome: Any) -> None:
-        """After commit: write the committed values of what `apply` changed to Redis."""
+    def prepare(self, outcome: Any) -> Any:
+        """After commit: the database lookups the Redis writes of `outcome` need."""
+
+    def publish(self, store: redis.Redis, prepared: Any) -> None:
+        """Write what `prepare` returned to Redis. May run in another thread: no database."""
 
     def republish(self, store: redis.Redis, after: int, upto: int) -> None:
         """Write to Redis, from the tables, everything events (after, upto] changed."""
@@ -307,19 +311,22 @@ def consumer_run(
                 except redis.RedisError as exc:
                     hotstore.mark_down(exc)
                     store = None
-            while True:
-                result = _batch(consumer, limit)
-                run.watermark_to = result.watermark_to
-                if result.rows:
-                    committed = time.time()
-                    run.batches += 1
-                    run.events_processed += len(result.rows)
-                    age = committed - min(row[5] for row in result.rows)
-                    run.max_event_age_seconds = max(run.max_event_age_seconds or 0.0, age)
-                    if store is not None:
-                        store = _publish(consumer, store, result)
-                if result.caught_up or time.monotonic() - started >= budget:
-                    break
+            publisher = _Publisher(consumer, store)
+            try:
+                while True:
+                    result = _batch(consumer, limit)
+                    run.watermark_to = result.watermark_to
+                    if result.rows:
+                        committed = time.time()
+                        run.batches += 1
+                        run.events_processed += len(result.rows)
+                        age = committed - min(row[5] for row in result.rows)
+                        run.max_event_age_seconds = max(run.max_event_age_seconds or 0.0, age)
+                        publisher.submit(result)
+                    if result.caught_up or time.monotonic() - started >= budget:
+                        break
+            finally:
+                publisher.close()  # the lock is held until Redis has every committed batch
             run.backlog_events = max(0, events_highest_id() - run.watermark_to)
             run.status = JobRun.Status.SUCCEEDED
             run.finished_at = timezone.now()
@@ -336,16 +343,49 @@ def consumer_run(
                 run.save()
 
 
-def _publish(consumer: Consumer, store: redis.Redis, result: BatchResult) -> redis.Redis | None:
-    """Redis after commit; on failure stop writing Redis for this run (the marker stays behind
-    and the next run re-publishes from the tables)."""
-    try:
-        consumer.publish(store, result.outcome)
-        store.set(hotstore.marker_key(consumer.name), result.watermark_to)
-        return store
-    except redis.RedisError as exc:
-        hotstore.mark_down(exc)
-        return None
+class _Publisher:
+    """Writes each committed batch to Redis in a background thread while this thread folds the
+    next one (the fold mostly waits for PostgreSQL; the writes are Python and Redis work). One
+    batch in flight, in watermark order, and the marker moves after its batch's writes. After a
+    Redis failure nothing more is written this run: the marker stays behind and the next run
+    re-publishes from the tables. Database lookups stay in this thread (`Consumer.prepare`)."""
+
+    def __init__(self, consumer: Consumer, store: redis.Redis | None) -> None:
+        self.consumer, self.store = consumer, store
+        self.pending: Future | None = None
+        self.pool: ThreadPoolExecutor | None = None
+
+    def submit(self, result: BatchResult) -> None:
+        if self.store is None:
+            return
+        prepared = self.consumer.prepare(result.outcome)
+        self.wait()
+        if self.store is None:
+            return
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="features-publish")
+        self.pending = self.pool.submit(self._write, self.store, prepared, result.watermark_to)
+
+    def _write(self, store: redis.Redis, prepared: Any, watermark: int) -> None:
+        self.consumer.publish(store, prepared)
+        store.set(hotstore.marker_key(self.consumer.name), watermark)
+
+    def wait(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        try:
+            pending.result()
+        except redis.RedisError as exc:
+            hotstore.mark_down(exc)
+            self.store = None
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
 
 
 def _reset(consumer: Consumer) -> None:

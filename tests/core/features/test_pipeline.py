@@ -7,6 +7,7 @@ import math
 import orjson
 import pytest
 
+from core.catalog.models import User
 from core.features import hotstore, selectors
 from core.features.models import ItemFeatures, JobRun, UserFeatures, Watermark
 from core.features.services import features_neighbours_refresh, features_refresh
@@ -277,3 +278,44 @@ def test_redis_unreachable_selectors_read_the_database(ingest, store, settings):
     assert [e.item_id for e in history] == ["a", "b"]
     assert [s.item_id for s in popular] == ["b", "a"]
     assert selectors.item_unavailable_among(["a", "b"]) == set()
+
+
+def _hot_contents(store) -> dict:
+    """Every activity key in Redis: blobs parsed, sorted sets with their exact scores."""
+    contents = {}
+    for key in store.scan_iter(match="feat:[uhiz]:*"):
+        if store.type(key) == b"zset":
+            contents[key] = store.zrange(key, 0, -1, withscores=True)
+        else:
+            contents[key] = orjson.loads(store.get(key))
+    return contents
+
+
+def test_batches_in_several_publishes_write_exactly_what_a_rebuild_writes(ingest, store, settings):
+    # given: times with microseconds, a shopper past the history length, odd ids, and batches
+    # small enough that several are published while the next one folds
+    settings.FEATURES_HISTORY_LENGTH = 5
+    settings.FEATURES_BATCH_SIZE = 4
+    ingest(
+        [("u|1", f"i|{n % 3}", ("view", "click")[n % 2], n * 1.000001 + 0.123456) for n in range(9)]
+        + [("u2", "ü", "purchase", 100.5)]
+    )
+
+    # when
+    run = features_refresh(trigger="test", budget=1000)
+    published = _hot_contents(store)
+    from core.features.services import features_rebuild
+
+    features_rebuild()
+
+    # then
+    assert run.batches == 3
+    assert _hot_contents(store) == published
+    history = store.zrange(hotstore.history_key("u|1"), 0, -1, withscores=True)
+    last = UserFeatures.objects.get(user_id=User.objects.get(external_id="u|1").pk).last_event_id
+    assert len(history) == 5
+    assert history[-1] == (
+        f"{last:020d}|view|i|2".encode(),
+        T0.timestamp() + 8 * 1.000001 + 0.123456,
+    )
+    assert orjson.loads(store.get(hotstore.user_key("u|1")))["c"] == {"view": 5, "click": 4}
