@@ -30,6 +30,9 @@ def make_client(db) -> Callable[..., APIClient]:
 def _clear_cache(settings):
     from django.core.cache import cache
 
+    from core.recommendations.sources import categories_cache_clear
+
     with contextlib.suppress(Exception):  # a test that stopped the cache cleans up itself
         cache.clear()
+    categories_cache_clear()  # the serving path's per-process catalog categories
     yield

@@ -1,7 +1,9 @@
 from django.contrib import admin
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from . import hooks
 from .models import Item, User
 from .services import item_delete, user_forget
 
@@ -17,6 +19,16 @@ class ItemAdmin(admin.ModelAdmin):
     readonly_fields = ["created_at", "updated_at", "deleted_at"]
     show_full_result_count = False
     ordering = ["-id"]
+
+    def save_model(self, request: HttpRequest, obj: Item, form, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        # Serving filters by the feature store's hot set: tell it now, not at the next sweep.
+        if obj.available and obj.deleted_at is None:
+            external_ids = [obj.external_id]
+            transaction.on_commit(lambda: hooks.items_restored(external_ids=external_ids))
+        else:
+            ids = [obj.pk]
+            transaction.on_commit(lambda: hooks.items_removed(item_ids=ids))
 
     def delete_model(self, request: HttpRequest, obj: Item) -> None:
         item_delete(external_id=obj.external_id)

@@ -6,7 +6,10 @@ plain calls (no Django signals) so a reader can follow them; keep them cheap and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection
+
+logger = logging.getLogger(__name__)
 
 # Right to be forgotten: each eraser removes one kind of a shopper's data and returns how many
 # rows/entries went. Apps register theirs in AppConfig.ready() (events does; features and cached
@@ -29,3 +32,26 @@ def items_removed(*, item_ids: Collection[int]) -> None:
     from core.features.services import features_items_removed
 
     features_items_removed(item_ids=item_ids)
+
+
+def items_restored(*, external_ids: Collection[str]) -> None:
+    """Items were written available (created, restored or made available again): take them out
+    of the feature store's hot set of unavailable items, which the serving path filters by.
+    Re-checked against the database (a later change may have taken one out again)."""
+    from core.features import hotstore
+
+    from .models import Item
+
+    try:
+        store = hotstore.client("serve")
+        if store is None or not external_ids:
+            return
+        back = list(
+            Item.objects.filter(
+                external_id__in=list(external_ids), deleted_at__isnull=True, available=True
+            ).values_list("external_id", flat=True)
+        )
+        for start in range(0, len(back), 10_000):
+            store.srem(hotstore.UNAVAILABLE, *back[start : start + 10_000])
+    except Exception:  # the catalog sync of the next sweep puts it right
+        logger.warning("catalog: could not mark items available", exc_info=True)

@@ -86,6 +86,9 @@ def items_upsert(*, items: Sequence[ItemIn], now: datetime | None = None) -> Ups
                 Item.objects.filter(external_id__in=unavailable).values_list("id", flat=True)
             )
             transaction.on_commit(lambda: hooks.items_removed(item_ids=ids))
+        available = [row.external_id for row in rows if row.available]
+        if available:
+            transaction.on_commit(lambda: hooks.items_restored(external_ids=available))
     return UpsertResult(created=len(rows) - existing, updated=existing)
 
 

@@ -155,9 +155,11 @@ def prepare_database(database_url: str, redis_url: str, items: int) -> tuple[str
     events_load(events=events)
     features_refresh(trigger="bench", budget=120)
     features_neighbours_refresh(trigger="bench", budget=120)
-    from core.recommendations.sources import user_history
+    from core.features.services import features_catalog_sync
+    from core.recommendations.sources import shopper
 
-    if not user_history(f"shopper-{SHOPPERS - 1}"):
+    features_catalog_sync(full=True)  # the hot set of unavailable items, as the sweep makes it
+    if not shopper(f"shopper-{SHOPPERS - 1}").history:
         raise SystemExit("the feature pipeline left the last shopper without a history")
     key = api_key_create(name="bench-serve", scopes=["recommendations:read"]).raw_key
     return key, histories

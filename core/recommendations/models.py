@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.utils import timezone
 
 
 class Impression(models.Model):
@@ -16,7 +17,8 @@ class Impression(models.Model):
     source = models.CharField(max_length=40)  # model, cache, fallback:<tier>
     item_ids = models.JSONField(default=list)  # position = index + offset + 1
     offset = models.PositiveIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # When it was served (set on construction: the writer inserts it up to a flush later).
+    created_at = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
 
     class Meta:
         constraints = [

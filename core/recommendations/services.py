@@ -23,7 +23,7 @@ from core.registry import arm_stats, shadow
 from core.registry.selectors import ServingPlan, business_rules_active, serving_plan
 from core.system.metrics import observe_recommendations
 
-from . import model_gateway, sources
+from . import impressions, model_gateway, sources
 from .models import Impression
 from .ranking import Candidate, RuleKind, apply_rules, diversify
 
@@ -144,40 +144,22 @@ def _serve_page(stored: StoredList, *, page: int, count: int) -> ServedPage:
 
 
 def _log_impression(stored: StoredList, served: ServedPage) -> None:
-    # One INSERT ... ON CONFLICT DO UPDATE (a page served again is overwritten), not
-    # update_or_create's savepoint + SELECT FOR UPDATE + INSERT: this runs on every request.
     try:
-        Impression.objects.bulk_create(
-            [
-                Impression(
-                    recommendation_id=served.recommendation_id,
-                    page=served.page,
-                    surface=stored.surface,
-                    user_external_id=stored.user_id[:255],
-                    model_name=stored.model_name,
-                    model_version=stored.model_version,
-                    source=stored.source,
-                    item_ids=[c.item_id for c in served.items],
-                    offset=served.offset,
-                )
-            ],
-            update_conflicts=True,
-            unique_fields=["recommendation_id", "page"],
-            update_fields=_IMPRESSION_UPDATE_FIELDS,
+        impressions.record(
+            Impression(
+                recommendation_id=served.recommendation_id,
+                page=served.page,
+                surface=stored.surface,
+                user_external_id=stored.user_id[:255],
+                model_name=stored.model_name,
+                model_version=stored.model_version,
+                source=stored.source,
+                item_ids=[c.item_id for c in served.items],
+                offset=served.offset,
+            )
         )
     except Exception:  # an impression lost is better than a storefront without recommendations
         logger.exception("could not log impression %s", served.recommendation_id)
-
-
-_IMPRESSION_UPDATE_FIELDS = [
-    "surface",
-    "user_external_id",
-    "model_name",
-    "model_version",
-    "source",
-    "item_ids",
-    "offset",
-]
 
 
 def _finish(
@@ -258,11 +240,10 @@ def _count_arm(plan: ServingPlan, *, error: bool = False, seconds: float | None 
         )
 
 
-def _history(user_id: str, session_items: Sequence[str]) -> list[sources.HistoryEntry]:
+def _history(shopper: sources.Shopper, session_items: Sequence[str]) -> list[sources.HistoryEntry]:
     """The stored history (oldest first) then this session's items, the most recent kept."""
-    stored = sources.user_history(user_id) if user_id else []
     session = [sources.HistoryEntry(item_id, sources.SESSION_WEIGHT) for item_id in session_items]
-    return (stored + session)[-settings.RECOMMENDATIONS_HISTORY_LENGTH :]
+    return (shopper.history + session)[-settings.RECOMMENDATIONS_HISTORY_LENGTH :]
 
 
 def recommendations_for_user(
@@ -276,8 +257,9 @@ def recommendations_for_user(
 ) -> ServedPage:
     """A fresh list for a shopper (known or not) and its `page`-th page."""
     budget = _Budget(settings.RECOMMENDATIONS_BUDGET_MS / 1000)
-    history = _history(user_id, session_items)
-    excluded = set(exclude) | sources.items_not_to_repeat(user_id)
+    shopper = sources.shopper(user_id)
+    history = _history(shopper, session_items)
+    excluded = set(exclude) | shopper.not_to_repeat
     want = settings.RECOMMENDATIONS_LIST_LENGTH + len(excluded)
     if category:
         want *= 4  # a category filter keeps a fraction of the model's list
@@ -388,7 +370,7 @@ def rank_for_user(
     depth follow in popularity order (among the RANK_DEPTH most popular; the rest keep the
     caller's order); unknown or unavailable candidates are dropped."""
     budget = _Budget(settings.RECOMMENDATIONS_BUDGET_MS / 1000)
-    history = _history(user_id, session_items)
+    history = _history(sources.shopper(user_id), session_items)
     model_name, model_version, source = settings.MODEL_NAME, None, "fallback:popular"
     order: dict[str, float] = {}
     if history:

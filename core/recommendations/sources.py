@@ -1,11 +1,15 @@
-"""What the serving path reads besides the model: shopper history and hot item features (from
-the feature store), and the live catalog (availability, categories) read on every request so a
-deleted or unavailable item disappears at once."""
+"""What the serving path reads besides the model: the shopper's history and what not to show
+them again, and hot item features (from the feature store); and the catalog: availability on
+every request from the feature store's hot set (kept in step by the catalog's commit hooks, so a
+deleted or unavailable item disappears at once), categories from a per-process cache (a category
+change shows within CATEGORY_CACHE_SECONDS)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import connection
@@ -31,18 +35,36 @@ NEIGHBOUR_SEEDS = 5
 SESSION_WEIGHT = settings.EVENT_TYPE_WEIGHTS.get("click", 2.0)
 
 
-def user_history(user_id: str) -> list[HistoryEntry]:
-    """The shopper's recent interactions, oldest first, from the feature store."""
-    return [
-        HistoryEntry(entry.item_id, entry.weight)
-        for entry in features.user_history(
-            user_id=user_id, limit=settings.RECOMMENDATIONS_HISTORY_LENGTH
-        )
-    ]
+@dataclass(frozen=True)
+class Shopper:
+    history: list[HistoryEntry] = field(default_factory=list)  # oldest first
+    not_to_repeat: set[str] = field(default_factory=set)
+
+
+def shopper(user_id: str) -> Shopper:
+    """The shopper's recent history (at most RECOMMENDATIONS_HISTORY_LENGTH, oldest first) and
+    the items not to recommend to them again, from one read of the feature store. The database
+    is asked only when the stored history no longer holds every such event (a shopper with more
+    purchases than the history keeps). Both follow the feature pipeline (seconds behind)."""
+    if not user_id:
+        return Shopper()
+    view = features.user_features(user_id=user_id)
+    if view is None:
+        return Shopper()
+    length = settings.RECOMMENDATIONS_HISTORY_LENGTH
+    history = [HistoryEntry(entry.item_id, entry.weight) for entry in view.history[-length:]]
+    types = set(settings.RECOMMENDATIONS_EXCLUDE_EVENT_TYPES)
+    if not types:
+        return Shopper(history)
+    seen = [entry.item_id for entry in view.history if entry.type in types]
+    if len(seen) >= sum(view.counts.get(kind, 0) for kind in types):
+        return Shopper(history, set(seen))
+    return Shopper(history, items_not_to_repeat(user_id))
 
 
 def items_not_to_repeat(user_id: str) -> set[str]:
-    """Items the shopper did something with that means "don't show again" (by default: bought)."""
+    """Items the shopper did something with that means "don't show again" (by default: bought),
+    from the database."""
     types = settings.RECOMMENDATIONS_EXCLUDE_EVENT_TYPES
     if not user_id or not types:
         return set()
@@ -54,25 +76,70 @@ def items_not_to_repeat(user_id: str) -> set[str]:
     return set(rows[:10_000])
 
 
+# Item categories rarely change and are read for every candidate of every request: each web
+# process keeps those it has read (None: no such item) for this long, at most _CATEGORY_CACHE_MAX.
+CATEGORY_CACHE_SECONDS = 60.0
+_CATEGORY_CACHE_MAX = 500_000
+_categories: dict[str, str | None] = {}
+_categories_until = 0.0
+_categories_lock = threading.Lock()
+
+
+def categories_cache_clear() -> None:
+    global _categories, _categories_until
+    with _categories_lock:
+        _categories, _categories_until = {}, 0.0
+
+
+def _catalog_rows(ids: list[str]) -> list[tuple[str, str, bool]]:
+    """(external id, category, may be shown) of those of `ids` in the catalog."""
+    if connection.vendor == "postgresql":
+        # One array parameter instead of an IN list of ~200: the ORM's per-value preparation and
+        # the driver's parsing of 200 placeholders cost more than the query.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT external_id, category, deleted_at IS NULL AND available "  # noqa: S608
+                f"FROM {Item._meta.db_table} WHERE external_id = ANY(%s)",
+                [ids],
+            )
+            return cursor.fetchall()
+    return [
+        (external_id, category, deleted_at is None and available)
+        for external_id, category, deleted_at, available in Item.objects.filter(
+            external_id__in=ids
+        ).values_list("external_id", "category", "deleted_at", "available")
+    ]
+
+
 def recommendable_categories(item_ids: Iterable[str]) -> dict[str, str]:
-    """External id -> category path of those items that may be shown (in the catalog, available)."""
+    """External id -> category path of those items that may be shown (in the catalog, available).
+
+    Availability comes from the feature store's hot set of unavailable items (the database when
+    Redis is down or not yet filled); items this process has not seen yet are read from the
+    database, which also says whether they may be shown."""
+    global _categories, _categories_until
     ids = list(dict.fromkeys(item_ids))
     if not ids:
         return {}
-    if connection.vendor == "postgresql":
-        # One array parameter instead of an IN list of ~200: the ORM's per-value preparation and
-        # the driver's parsing of 200 placeholders cost more than the query (every request).
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT external_id, category FROM {Item._meta.db_table} "  # noqa: S608
-                "WHERE external_id = ANY(%s) AND deleted_at IS NULL AND available",
-                [ids],
-            )
-            return dict(cursor.fetchall())
-    rows = Item.objects.filter(
-        external_id__in=ids, deleted_at__isnull=True, available=True
-    ).values_list("external_id", "category")
-    return dict(rows)
+    now = time.monotonic()
+    if now >= _categories_until or len(_categories) > _CATEGORY_CACHE_MAX:
+        with _categories_lock:
+            _categories, _categories_until = {}, now + CATEGORY_CACHE_SECONDS
+    known = _categories
+    missing = [item_id for item_id in ids if item_id not in known]
+    hidden: set[str] = set()
+    if missing:
+        rows = _catalog_rows(missing)
+        found = {external_id: category for external_id, category, _ in rows}
+        hidden = {external_id for external_id, _, shown in rows if not shown}
+        known.update({item_id: found.get(item_id) for item_id in missing})
+    categories = {
+        item_id: category
+        for item_id in ids
+        if item_id not in hidden and (category := known.get(item_id)) is not None
+    }
+    unavailable = features.item_unavailable_among(list(categories)) if categories else set()
+    return {item_id: c for item_id, c in categories.items() if item_id not in unavailable}
 
 
 def item_exists(item_id: str) -> bool:

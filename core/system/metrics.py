@@ -63,6 +63,10 @@ MODEL_SERVER_LATENCY = Histogram(
     ["method"],
     buckets=_LATENCY_BUCKETS,
 )
+IMPRESSIONS_DROPPED = Counter(
+    "recommender_impressions_dropped_total",
+    "Impressions dropped because the writer's buffer was full (the database was down).",
+)
 EVENTS_INGESTED = Counter(
     "recommender_events_ingested_total",
     "Events received by the API, by outcome (accepted, duplicate, rejected).",

@@ -6,7 +6,7 @@ REDIS_URL = env_url("REDIS_URL", None, ("redis", "rediss", "unix"))
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "core.system.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "rec",
             "TIMEOUT": 300,

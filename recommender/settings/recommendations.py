@@ -1,5 +1,6 @@
 """The serving path: list sizes, filters, diversity, latency budget, caching."""
 
+from .base import DJANGO_ENV
 from .environment import env_float, env_int, env_list
 
 # Time a recommendation request may spend before it answers from the next fallback tier.
@@ -23,3 +24,12 @@ RECOMMENDATIONS_MAX_ID_LIST = env_int("RECOMMENDATIONS_MAX_ID_LIST", 500, low=1,
 # Circuit breaker: consecutive model-server failures that open it, and seconds it stays open.
 MODEL_SERVER_BREAKER_FAILURES = env_int("MODEL_SERVER_BREAKER_FAILURES", 5, low=1)
 MODEL_SERVER_BREAKER_SECONDS = env_float("MODEL_SERVER_BREAKER_SECONDS", 5.0, low=0.1)
+# Impressions are written by a per-process writer this often (0: in the request; the test
+# suite's default), buffering at most RECOMMENDATIONS_IMPRESSION_BUFFER rows while the database
+# is away.
+RECOMMENDATIONS_IMPRESSION_FLUSH_MS = env_int(
+    "RECOMMENDATIONS_IMPRESSION_FLUSH_MS", 0 if DJANGO_ENV == "test" else 200, low=0, high=60_000
+)
+RECOMMENDATIONS_IMPRESSION_BUFFER = env_int(
+    "RECOMMENDATIONS_IMPRESSION_BUFFER", 100_000, low=100, high=10_000_000
+)

@@ -90,6 +90,7 @@ def test_a_page_of_someone_elses_or_an_unknown_list_is_404(serving, shopper, rea
 
 
 def test_an_item_made_unavailable_disappears_at_once(serving, shopper, reader):
+    """Without the feature store's hot set (Redis empty or down) the database says so."""
     top = ids(reader.get(URL.format(shopper), {"count": 5}))[0]
     Item.objects.filter(external_id=top).update(available=False)
 

@@ -1,0 +1,131 @@
+"""Impressions (each served page: items, positions, model) written off the request path.
+
+A request hands its row to this process's writer and answers; the writer inserts what has
+gathered every RECOMMENDATIONS_IMPRESSION_FLUSH_MS in one statement (a page served again
+overwrites its row). A request no longer waits for a database round trip and a commit (about
+1 ms, more when the disk is slow). What this costs: a web process killed with SIGKILL loses the
+impressions of its last flush interval (a graceful stop writes them), and attribution reports
+see a page that much later. With the database down, rows wait (at most
+RECOMMENDATIONS_IMPRESSION_BUFFER, then the oldest are dropped and counted in
+`recommender_impressions_dropped_total`): an impression lost is better than a storefront without
+recommendations. RECOMMENDATIONS_IMPRESSION_FLUSH_MS=0 writes each row in the request.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Iterable
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from core.system.metrics import IMPRESSIONS_DROPPED
+
+from .models import Impression
+
+logger = logging.getLogger(__name__)
+
+UPDATE_FIELDS = ["surface", "user_external_id", "model_name", "model_version", "source",
+                 "item_ids", "offset"]  # fmt: skip
+_BATCH = 2000
+
+
+def write(rows: Iterable[Impression]) -> int:
+    """Insert rows now, one statement; a (list, page) given twice keeps the last."""
+    unique = list({(row.recommendation_id, row.page): row for row in rows}.values())
+    if unique:
+        Impression.objects.bulk_create(
+            unique,
+            update_conflicts=True,
+            unique_fields=["recommendation_id", "page"],
+            update_fields=UPDATE_FIELDS,
+        )
+    return len(unique)
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self._rows: deque[Impression] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def record(self, row: Impression) -> None:
+        with self._lock:
+            self._rows.append(row)
+            overflow = len(self._rows) - settings.RECOMMENDATIONS_IMPRESSION_BUFFER
+            for _ in range(max(0, overflow)):
+                self._rows.popleft()
+            if self._pid != os.getpid():  # first use in this process (or after a fork)
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="impressions", daemon=True)
+                self._thread.start()
+        if overflow > 0:
+            IMPRESSIONS_DROPPED.inc(overflow)
+            logger.warning("impression buffer full: dropped %d", overflow)
+
+    def flush(self) -> int:
+        """Write everything buffered now (the writer thread, a graceful exit, tests)."""
+        written = 0
+        while True:
+            with self._lock:
+                batch = [self._rows.popleft() for _ in range(min(_BATCH, len(self._rows)))]
+            if not batch:
+                return written
+            try:
+                written += write(batch)
+            except Exception:
+                # Keep them for the next round (the database may be restarting).
+                with self._lock:
+                    self._rows.extendleft(reversed(batch))
+                raise
+
+    def pending(self) -> int:
+        return len(self._rows)
+
+    def _run(self) -> None:
+        interval = settings.RECOMMENDATIONS_IMPRESSION_FLUSH_MS / 1000
+        while True:
+            self._wake.wait(interval)
+            self._wake.clear()
+            try:
+                if self._rows:
+                    self.flush()
+                    close_old_connections()  # CONN_MAX_AGE, as after a request
+            except Exception:
+                logger.warning("could not write impressions; retrying", exc_info=True)
+                connection.close()
+                self._wake.wait(min(5.0, interval * 10))
+
+
+_writer = _Writer()
+
+
+def record(row: Impression) -> None:
+    """Log one served page: in this request when the flush interval is 0, else by the writer."""
+    if settings.RECOMMENDATIONS_IMPRESSION_FLUSH_MS <= 0:
+        write([row])
+    else:
+        _writer.record(row)
+
+
+def flush() -> int:
+    return _writer.flush()
+
+
+def pending() -> int:
+    return _writer.pending()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    if _writer.pending():
+        try:
+            _writer.flush()
+        except Exception:
+            logger.exception("could not write %d impressions at exit", _writer.pending())

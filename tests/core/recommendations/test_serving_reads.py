@@ -1,0 +1,163 @@
+"""What the serving path reads besides the model, and how cheaply: the shopper's history and
+bought items from one feature-store read, availability from the hot set (kept in step by the
+catalog's commit hooks), categories from a per-process cache, impressions written off the
+request path."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from django.core.cache import cache
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from core.features.services import features_catalog_sync
+from core.recommendations import impressions, sources
+from core.recommendations.models import Impression
+from core.system.metrics import IMPRESSIONS_DROPPED
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+URL = "/api/v1/users/{}/recommendations"
+
+
+@pytest.fixture
+def reader(make_client):
+    return make_client("recommendations:read")
+
+
+@pytest.fixture
+def writer(make_client):
+    return make_client("catalog:write")
+
+
+def ids(response) -> list[str]:
+    assert response.status_code == 200, response.json()
+    return [item["item_id"] for item in response.json()["items"]]
+
+
+def put_item(writer, external_id: str, **fields):
+    body = {"title": external_id, "category": "toys", **fields}
+    response = writer.put(
+        f"/api/v1/items/{external_id}", orjson.dumps(body), content_type="application/json"
+    )
+    assert response.status_code in (200, 201), response.json()
+
+
+def test_bought_items_come_from_the_feature_store_without_a_query(serving, catalog, post_events):
+    post_events(
+        {"user_id": "u1", "item_id": "item-1", "type": "view"},
+        {"user_id": "u1", "item_id": "item-3", "type": "purchase"},
+    )
+
+    with CaptureQueriesContext(connection) as queries:
+        shopper = sources.shopper("u1")
+
+    assert [entry.item_id for entry in shopper.history] == ["item-1", "item-3"]
+    assert shopper.not_to_repeat == {"item-3"}
+    assert not [q for q in queries.captured_queries if "events_event" in q["sql"]]
+
+
+def test_purchases_older_than_the_stored_history_are_read_from_the_database(
+    serving, catalog, post_events, settings
+):
+    settings.FEATURES_HISTORY_LENGTH = 2
+    post_events(
+        {"user_id": "u1", "item_id": "item-3", "type": "purchase"},
+        {"user_id": "u1", "item_id": "item-4", "type": "view"},
+        {"user_id": "u1", "item_id": "item-5", "type": "view"},
+    )
+
+    shopper = sources.shopper("u1")
+
+    assert [entry.item_id for entry in shopper.history] == ["item-4", "item-5"]
+    assert shopper.not_to_repeat == {"item-3"}
+
+
+def test_unknown_shopper_has_no_history_and_nothing_excluded(serving, catalog):
+    assert sources.shopper("nobody") == sources.Shopper()
+    assert sources.shopper("") == sources.Shopper()
+
+
+def test_availability_follows_the_catalogs_writes_through_the_hot_set(
+    serving, catalog, writer, post_events, reader
+):
+    post_events({"user_id": "u1", "item_id": "item-1", "type": "view"})
+    features_catalog_sync(full=True)
+    top = ids(reader.get(URL.format("u1"), {"count": 5}))[0]
+
+    put_item(writer, top, available=False)
+    with CaptureQueriesContext(connection) as queries:
+        hidden = ids(reader.get(URL.format("u1"), {"count": 5}))
+    put_item(writer, top, available=True)
+    shown = ids(reader.get(URL.format("u1"), {"count": 5}))
+
+    assert top not in hidden
+    assert top in shown
+    # Every candidate's category was read once, by the first request: none read again.
+    assert not [q for q in queries.captured_queries if "catalog_item" in q["sql"]]
+
+
+def test_a_deleted_item_disappears_at_once_and_an_unknown_one_is_never_shown(
+    serving, catalog, writer, reader
+):
+    features_catalog_sync(full=True)
+    assert sources.recommendable_categories(["item-1", "item-2", "ghost"]) == {
+        "item-1": "books/scifi",
+        "item-2": "books/scifi",
+    }
+
+    assert writer.delete("/api/v1/items/item-1").status_code in (200, 204)
+
+    assert sources.recommendable_categories(["item-1", "item-2", "ghost"]) == {
+        "item-2": "books/scifi"
+    }
+
+
+def test_impressions_are_written_by_the_writer_within_a_flush(serving, catalog, reader, settings):
+    settings.RECOMMENDATIONS_IMPRESSION_FLUSH_MS = 50
+
+    body = reader.get(URL.format("newcomer"), {"count": 3, "session_items": "item-5"}).json()
+
+    impressions.flush()  # what the writer thread does every 50 ms (it may have done it already)
+    row = Impression.objects.get(recommendation_id=body["recommendation_id"])
+    assert row.item_ids == [item["item_id"] for item in body["items"]]
+    assert row.source == body["source"]
+    assert impressions.pending() == 0
+
+
+def test_impressions_wait_while_the_database_is_away_and_overflow_is_counted(
+    settings, monkeypatch
+):
+    settings.RECOMMENDATIONS_IMPRESSION_FLUSH_MS = 60_000  # the thread stays out of the way
+    settings.RECOMMENDATIONS_IMPRESSION_BUFFER = 100
+    dropped_before = IMPRESSIONS_DROPPED._value.get()
+    rows = [
+        Impression(recommendation_id=f"{n:032x}", page=1, surface="user", source="model")
+        for n in range(103)
+    ]
+
+    def down(batch):
+        raise RuntimeError("database down")
+
+    for row in rows:
+        impressions.record(row)
+    monkeypatch.setattr(impressions, "write", down)
+    with pytest.raises(RuntimeError):
+        impressions.flush()
+    assert impressions.pending() == 100  # nothing taken out by the failed write
+    monkeypatch.undo()
+    assert impressions.flush() == 100
+
+    assert IMPRESSIONS_DROPPED._value.get() - dropped_before == 3
+    kept = set(Impression.objects.values_list("recommendation_id", flat=True))
+    assert kept == {row.recommendation_id for row in rows[3:]}  # the oldest were dropped
+
+
+def test_the_cache_reuses_one_redis_client(settings):
+    if not settings.CACHES["default"]["BACKEND"].endswith("RedisCache"):
+        pytest.skip("the suite runs without Redis")
+    client = cache._cache  # noqa: SLF001
+    assert client.get_client("a") is client.get_client("b")
+    cache.set("reuse", 1)
+    assert cache.get("reuse") == 1
