@@ -54,11 +54,24 @@ JOIN fresh USING (event_id)
 ORDER BY b.user_id, b.timestamp
 """  # noqa: S608 (no user input in the SQL text)
 
-_STAGE = "events_ingest_staging"
+# The staging table of the COPY path (a temporary table per connection). Its `event_id` sorts
+# bytewise (COLLATE "C", like the key table): sorting 20,000 keys in the default collation took
+# a tenth of the statement.
+_STAGE = "events_ingest_stage"
 _STAGE_TYPES = ["text", "int8", "int8", "text", "text", "float8", "timestamptz", "text", "text"]
 _STAGE_COLUMNS = (
     "event_id, user_id, item_id, session_id, type, value, timestamp, recommendation_id, context"
 )
+_CREATE_STAGE = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} ("
+    'event_id text COLLATE "C", user_id bigint, item_id bigint, session_id text, type text, '
+    "value float8, timestamp timestamptz, recommendation_id text, context text"
+    ") ON COMMIT DELETE ROWS"
+)
+# `IN (SELECT ... FROM fresh)`: a hash semi-join (a join on the key made PostgreSQL sort both
+# sides for a merge join). The session runs it with `jit = off`: the never-analysed staging table
+# makes the estimates large enough to JIT-compile, which cost 30 ms per 20,000-row chunk and never
+# paid back.
 _INSERT_FROM_STAGE = f"""
 WITH fresh AS (
     INSERT INTO events_eventkey (event_id, received_at)
@@ -69,7 +82,7 @@ WITH fresh AS (
 INSERT INTO events_event ({_COLUMNS})
 SELECT s.event_id, s.user_id, s.item_id, s.session_id, s.type, s.value, s.timestamp, %(now)s,
        s.recommendation_id, s.context::jsonb
-FROM {_STAGE} s JOIN fresh USING (event_id)
+FROM {_STAGE} s WHERE s.event_id IN (SELECT event_id FROM fresh)
 ORDER BY date_trunc('month', s.timestamp), s.user_id, s.timestamp
 """  # noqa: S608
 
@@ -338,12 +351,8 @@ def _store_postgresql(batch: list[_Row], now: datetime, *, use_copy: bool) -> in
                 },
             )
             return cursor.rowcount
-        cursor.execute(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} ("
-            "event_id text, user_id bigint, item_id bigint, session_id text, type text, "
-            "value float8, timestamp timestamptz, recommendation_id text, context text"
-            ") ON COMMIT DELETE ROWS"
-        )
+        cursor.execute(_CREATE_STAGE)
+        cursor.execute("SET LOCAL jit = off")
         # Binary COPY: psycopg encodes the rows in C (a fifth of the text format's CPU).
         with cursor.copy(f"COPY {_STAGE} ({_STAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_STAGE_TYPES)
