@@ -94,24 +94,29 @@ def model_generation_bump() -> None:
 
 def _cache_key(kind: str, label: str | None, payload: str, k: int) -> str:
     digest = hashlib.sha256(payload.encode()).hexdigest()[:32]
-    return f"model:{kind}:{settings.MODEL_NAME}:{label or '-'}:{model_generation()}:{k}:{digest}"
+    return f"model:{kind}:{settings.MODEL_NAME}:{label or '-'}:{k}:{digest}"
 
 
-def _cached(key: str) -> ModelAnswer | None:
+def _cached(key: str) -> tuple[int, ModelAnswer | None]:
+    """(the model generation now, the cached answer if it was made under that generation): one
+    round trip for both."""
     try:
-        value = cache.get(key)
+        found = cache.get_many([GENERATION_KEY, key])
     except Exception:
-        return None
-    if not value:
-        return None
-    name, version, items = value
-    return ModelAnswer([Candidate(i, s) for i, s in items], name, version, cached=True)
+        return 0, None
+    generation = int(found.get(GENERATION_KEY) or 0)
+    value = found.get(key)
+    if not value or value[0] != generation:
+        return generation, None
+    _, name, version, items = value
+    return generation, ModelAnswer([Candidate(i, s) for i, s in items], name, version, cached=True)
 
 
-def _remember(key: str, answer: ModelAnswer) -> None:
+def _remember(key: str, generation: int, answer: ModelAnswer) -> None:
     if settings.RECOMMENDATIONS_CACHE_TTL_SECONDS <= 0:
         return
     value = (
+        generation,
         answer.model_name,
         answer.model_version,
         [(c.item_id, c.score) for c in answer.candidates],
@@ -165,7 +170,7 @@ def recommend(
     key = _cache_key(
         "rec", label, "\x1f".join(f"{i}\x1e{w:g}" for i, w in zip(ids, weights, strict=True)), k
     )
-    hit = _cached(key)
+    generation, hit = _cached(key)
     if hit is not None:
         return hit
     try:
@@ -184,7 +189,7 @@ def recommend(
         result.model_version,
         cached=False,
     )
-    _remember(key, answer)
+    _remember(key, generation, answer)
     return answer
 
 
@@ -192,7 +197,7 @@ def similar(
     item_id: str, *, k: int, budget_seconds: float, label: str | None = None
 ) -> ModelAnswer:
     key = _cache_key("sim", label, item_id, k)
-    hit = _cached(key)
+    generation, hit = _cached(key)
     if hit is not None:
         return hit
     try:
@@ -215,5 +220,5 @@ def similar(
         result.model_version,
         cached=False,
     )
-    _remember(key, answer)
+    _remember(key, generation, answer)
     return answer
