@@ -32,16 +32,18 @@ _COLUMNS = (
     "recommendation_id, context"
 )
 
-# Keys first (sorted: racing batches lock in one order), then the events whose key was new, in
-# (month, user) order: each partition's (user_id, timestamp) index is then written leaf after
-# leaf instead of at random (half the insert time for a backfill spread over months).
+# The general path claims the keys first (one statement, sorted bytewise: racing batches lock
+# in one order, the same in every path), then creates missing users/items for the fresh events
+# only, then stores them in (user, timestamp) order (per partition: (month, user)), so each
+# partition's (user_id, timestamp) index is written leaf after leaf instead of at random (half
+# the insert time for a backfill spread over months).
+_CLAIM_KEYS = """
+INSERT INTO events_eventkey (event_id, received_at)
+SELECT k, %s FROM unnest(%b::text[]) AS k ORDER BY k COLLATE "C"
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id
+"""
 _INSERT_FROM_ARRAYS = f"""
-WITH fresh AS (
-    INSERT INTO events_eventkey (event_id, received_at)
-    SELECT k, %(now)s FROM unnest(%(keys)b::text[]) AS k ORDER BY k
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id
-)
 INSERT INTO events_event ({_COLUMNS})
 SELECT b.event_id, b.user_id, b.item_id, b.session_id, b.type, b.value, b.timestamp, %(now)s,
        b.recommendation_id, b.context::jsonb
@@ -50,7 +52,6 @@ FROM unnest(
     %(types)b::text[], %(values)b::float8[], %(timestamps)b::timestamptz[],
     %(recommendation_ids)b::text[], %(contexts)b::text[]
 ) AS b(event_id, user_id, item_id, session_id, type, value, timestamp, recommendation_id, context)
-JOIN fresh USING (event_id)
 ORDER BY b.user_id, b.timestamp
 """  # noqa: S608 (no user input in the SQL text)
 
@@ -68,21 +69,13 @@ _CREATE_STAGE = (
     "value float8, timestamp timestamptz, recommendation_id text, context text"
     ") ON COMMIT DELETE ROWS"
 )
-# `IN (SELECT ... FROM fresh)`: a hash semi-join (a join on the key made PostgreSQL sort both
-# sides for a merge join). The session runs it with `jit = off`: the never-analysed staging table
-# makes the estimates large enough to JIT-compile, which cost 30 ms per 20,000-row chunk and never
-# paid back.
+# The session runs it with `jit = off`: the never-analysed staging table makes the estimates
+# large enough to JIT-compile, which cost 30 ms per 20,000-row chunk and never paid back.
 _INSERT_FROM_STAGE = f"""
-WITH fresh AS (
-    INSERT INTO events_eventkey (event_id, received_at)
-    SELECT event_id, %(now)s FROM {_STAGE} ORDER BY event_id
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id
-)
 INSERT INTO events_event ({_COLUMNS})
 SELECT s.event_id, s.user_id, s.item_id, s.session_id, s.type, s.value, s.timestamp, %(now)s,
        s.recommendation_id, s.context::jsonb
-FROM {_STAGE} s WHERE s.event_id IN (SELECT event_id FROM fresh)
+FROM {_STAGE} s
 ORDER BY date_trunc('month', s.timestamp), s.user_id, s.timestamp
 """  # noqa: S608
 
@@ -138,12 +131,13 @@ def events_ingest(
         if not batch:
             return result
     with transaction.atomic():
-        rows = _resolve_ids(batch, result, id_cache)
+        if partitions.is_partitioned():
+            rows = _claim_and_resolve_postgresql(batch, now, result, id_cache)
+            accepted = _store_postgresql(rows, now, use_copy=use_copy) if rows else 0
+        else:
+            rows = _resolve_ids(batch, result, id_cache)
+            accepted = _store_portable(rows, now) if rows else 0
         if rows:
-            if partitions.is_partitioned():
-                accepted = _store_postgresql(rows, now, use_copy=use_copy)
-            else:
-                accepted = _store_portable(rows, now)
             result.accepted += accepted
             result.duplicates += len(rows) - accepted
             if accepted:
@@ -175,7 +169,7 @@ resolved AS (
 ),
 fresh AS (
     INSERT INTO events_eventkey (event_id, received_at)
-    SELECT event_id, %(now)s FROM resolved ORDER BY event_id
+    SELECT event_id, %(now)s FROM resolved ORDER BY event_id COLLATE "C"
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
 ),
@@ -239,9 +233,67 @@ def _store_known_postgresql(
 _Row = tuple[EventIn, int, int]
 
 
+def _claim_and_resolve_postgresql(
+    batch: list[EventIn],
+    now: datetime,
+    result: IngestResult,
+    id_cache: dict[tuple[str, str], int] | None,
+) -> list[_Row]:
+    """Reject events naming unknown users/items (auto-insert off), claim the others' keys, and
+    resolve (creating where allowed) the ids of the events whose key was fresh. Only new events
+    create users/items: a retry changes nothing, not even bringing back a shopper forgotten
+    meanwhile. A racing retry blocks on the first one's uncommitted keys, then finds them taken."""
+    cache = id_cache if id_cache is not None else {}
+    auto_users = settings.CATALOG_AUTO_INSERT_USERS
+    auto_items = settings.CATALOG_AUTO_INSERT_ITEMS
+    kept = batch
+    if not (auto_users and auto_items):
+        # Decide rejections before claiming anything, so a rejected event leaves no trace.
+        known_users = (
+            {} if auto_users else _resolve(User, "u", {e.user_id for e in kept}, False, cache)
+        )
+        known_items = (
+            {} if auto_items else _resolve(Item, "i", {e.item_id for e in kept}, False, cache)
+        )
+        kept = []
+        for event in batch:
+            bad = False
+            if not auto_users and event.user_id not in known_users:
+                result.errors.append(
+                    RowError(
+                        event.index, "user_id", "unknown_user", "no such user (auto-insert off)"
+                    )
+                )
+                bad = True
+            if not auto_items and event.item_id not in known_items:
+                result.errors.append(
+                    RowError(
+                        event.index, "item_id", "unknown_item", "no such item (auto-insert off)"
+                    )
+                )
+                bad = True
+            if not bad:
+                kept.append(event)
+        if not kept:
+            return []
+    with pg_cursor() as cursor:
+        cursor.execute(_CLAIM_KEYS, [now, [e.event_id for e in kept]])
+        fresh = {row[0] for row in cursor.fetchall()}
+    if len(fresh) < len(kept):
+        result.duplicates += len(kept) - len(fresh)
+        kept = [e for e in kept if e.event_id in fresh]
+    # Known ids come from the cache filled above (auto-insert off) or are looked up; unknown ones
+    # are created (auto-insert on).
+    user_ids = _resolve(User, "u", {e.user_id for e in kept}, auto_users, cache)
+    item_ids = _resolve(Item, "i", {e.item_id for e in kept}, auto_items, cache)
+    return [(e, user_ids[e.user_id], item_ids[e.item_id]) for e in kept]
+
+
 def _resolve_ids(
     batch: list[EventIn], result: IngestResult, id_cache: dict[tuple[str, str], int] | None
 ) -> list[_Row]:
+    """Not PostgreSQL: resolve ids, creating users/items only for events whose key is not taken
+    (the database serialises writers, so looking first is race-free)."""
     cache = id_cache if id_cache is not None else {}
     auto_users = settings.CATALOG_AUTO_INSERT_USERS
     auto_items = settings.CATALOG_AUTO_INSERT_ITEMS
@@ -286,15 +338,7 @@ def _resolve_ids(
 
 
 def _taken_keys(keys: list[str]) -> set[str]:
-    """Which of these idempotency keys are already stored."""
-    if connection.vendor == "postgresql":
-        with pg_cursor() as cursor:
-            cursor.execute(
-                "SELECT k.event_id FROM unnest(%b::text[]) AS wanted(key) CROSS JOIN LATERAL "
-                "(SELECT event_id FROM events_eventkey WHERE event_id = wanted.key LIMIT 1) AS k",
-                [keys],
-            )
-            return {row[0] for row in cursor.fetchall()}
+    """Which of these idempotency keys are already stored (not PostgreSQL)."""
     taken: set[str] = set()
     for start in range(0, len(keys), 500):  # SQLite's bound-variable limit
         taken.update(

@@ -221,3 +221,31 @@ def test_watermark_read_uses_the_primary_key_index():
         cursor.execute("EXPLAIN SELECT * FROM events_event WHERE id > 5 ORDER BY id LIMIT 100")
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "events_event_p202001_pkey" in plan
+
+
+@postgresql_only
+@pytest.mark.django_db
+@pytest.mark.parametrize("use_copy", [False, True], ids=["arrays", "copy"])
+def test_a_retry_after_forgetting_the_shopper_creates_nothing(use_copy):
+    # given: events that created their shopper and item, then the shopper was forgotten
+    from core.catalog.models import Item, User
+    from core.catalog.services import user_forget
+
+    events = valid(
+        [
+            {"event_id": f"f-{n}", "user_id": "forgotten", "item_id": f"new-{n}", "type": "view"}
+            for n in range(5)
+        ]
+    )
+    assert events_ingest(events=events, use_copy=use_copy).accepted == 5
+    user_forget(external_id="forgotten")
+    Item.objects.filter(external_id__startswith="new-").delete()
+
+    # when: the same events are sent again
+    result = events_ingest(events=events, use_copy=use_copy)
+
+    # then: duplicates; neither the shopper nor the items come back
+    assert (result.accepted, result.duplicates) == (0, 5)
+    assert not User.objects.filter(external_id="forgotten").exists()
+    assert not Item.objects.filter(external_id__startswith="new-").exists()
+    assert Event.objects.count() == 0
