@@ -25,7 +25,7 @@ import logging
 import time
 import traceback
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -219,9 +219,14 @@ for _name in ("activity", "neighbours"):
 
 
 @contextlib.contextmanager
-def consumer_lock(name: str, wait: float = _LOCK_WAIT_SECONDS) -> Iterator[bool]:
+def consumer_lock(
+    name: str, wait: float = _LOCK_WAIT_SECONDS, when_busy: Callable[[], bool] | None = None
+) -> Iterator[bool]:
     """Hold the consumer's run lock (yields False when it stayed taken for `wait` seconds).
-    Released by the operating system or PostgreSQL if the process dies."""
+    `when_busy` is called when that wait ran out; it leaves the holder a note and returns True
+    (then the lock is tried once more, so the note cannot miss a holder that let go meanwhile),
+    or returns False (then the wait goes on for the usual time). Released by the operating
+    system or PostgreSQL if the process dies."""
     deadline = time.monotonic() + wait
     if is_postgresql():
         key = _advisory_key(name)
@@ -231,7 +236,12 @@ def consumer_lock(name: str, wait: float = _LOCK_WAIT_SECONDS) -> Iterator[bool]
                 cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
                 got = cursor.fetchone()[0]
             if got or time.monotonic() >= deadline:
-                break
+                if got or when_busy is None:
+                    break
+                if not when_busy():  # no note left: wait as long as anyone
+                    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+                when_busy = None
+                continue
             time.sleep(0.02)
         try:
             yield got
@@ -250,7 +260,12 @@ def consumer_lock(name: str, wait: float = _LOCK_WAIT_SECONDS) -> Iterator[bool]
             except BlockingIOError:
                 pass
             if got or time.monotonic() >= deadline:
-                break
+                if got or when_busy is None:
+                    break
+                if not when_busy():  # no note left: wait as long as anyone
+                    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+                when_busy = None
+                continue
             time.sleep(0.02)
         try:
             yield got
@@ -282,17 +297,22 @@ def consumer_run(
     budget: float | None = None,
     reset: bool = False,
     batch_size: int | None = None,
+    lock_wait: float = _LOCK_WAIT_SECONDS,
+    when_busy: Callable[[], bool] | None = None,
 ) -> JobRun:
     """Process events past the watermark until caught up or `budget` seconds have passed; one
-    recorded JobRun. `reset` first empties the consumer's tables and its watermark (a full
-    recompute from the events table)."""
+    recorded JobRun (SKIPPED when another run held the consumer's lock for `lock_wait` seconds;
+    see `consumer_lock` for `when_busy`). Caught up means a batch found nothing to fold: under
+    steady ingestion a run keeps folding what arrived during its last batch, and each batch's
+    Redis writes overlap the next batch's fold. `reset` first empties the consumer's tables and
+    its watermark (a full recompute from the events table)."""
     budget = settings.FEATURES_RUN_BUDGET_SECONDS if budget is None else budget
     limit = batch_size or settings.FEATURES_BATCH_SIZE
     Watermark.objects.get_or_create(consumer=consumer.name)
     run = JobRun.objects.create(consumer=consumer.name, trigger=trigger, started_at=timezone.now())
     started = time.monotonic()
     try:
-        with consumer_lock(consumer.name) as locked:
+        with consumer_lock(consumer.name, lock_wait, when_busy) as locked:
             if not locked:
                 run.status = JobRun.Status.SKIPPED
                 return run
@@ -323,7 +343,9 @@ def consumer_run(
                         age = committed - min(row[5] for row in result.rows)
                         run.max_event_age_seconds = max(run.max_event_age_seconds or 0.0, age)
                         publisher.submit(result)
-                    if result.caught_up or time.monotonic() - started >= budget:
+                    if (result.caught_up and not result.rows) or (
+                        time.monotonic() - started >= budget
+                    ):
                         break
             finally:
                 publisher.close()  # the lock is held until Redis has every committed batch

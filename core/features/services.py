@@ -35,14 +35,47 @@ CONSUMERS: dict[str, Consumer] = {
 # Set while a refresh is queued and not yet started: later commits need not enqueue another.
 REFRESH_PENDING_KEY = "features:refresh-pending"
 _PENDING_SECONDS = 10
+# Left by a refresh that found another run holding the lock (instead of keeping a worker process
+# waiting for it): the holder queues one more refresh when it lets go. Until that one starts,
+# commits need not enqueue another (the pending key is set again).
+REFRESH_AGAIN_KEY = "features:refresh-again"
+_AGAIN_SECONDS = 60
 # Items updated this long before the last catalog sync are read again (commit order is not
 # updated_at order).
 _CATALOG_OVERLAP = timedelta(seconds=60)
 
 
-def features_refresh(*, trigger: str, budget: float | None = None) -> JobRun:
-    """Bring user and item features up to date with the events table."""
-    return consumer_run(CONSUMERS["activity"], trigger=trigger, budget=budget)
+def features_refresh(*, trigger: str, budget: float | None = None, handoff: bool = False) -> JobRun:
+    """Bring user and item features up to date with the events table. With `handoff` (the
+    triggered and periodic runs), a run in progress is not waited for: it is asked to go again
+    when it lets go (`features_refresh_again`), and this one is SKIPPED."""
+    if not handoff:
+        return consumer_run(CONSUMERS["activity"], trigger=trigger, budget=budget)
+    return consumer_run(
+        CONSUMERS["activity"], trigger=trigger, budget=budget, lock_wait=0.0, when_busy=_ask_again
+    )
+
+
+def _ask_again() -> bool:
+    try:
+        cache.set(REFRESH_AGAIN_KEY, 1, timeout=_AGAIN_SECONDS)
+        cache.add(REFRESH_PENDING_KEY, 1, timeout=_PENDING_SECONDS)
+    except Exception:  # cache down: wait for the lock instead
+        logger.warning("features: could not ask the running refresh to go again", exc_info=True)
+        return False
+    return True
+
+
+def features_refresh_again(run: JobRun) -> bool:
+    """After a refresh (its lock released): whether another should be queued: it stopped with a
+    backlog, or a refresh skipped while it ran asked for one."""
+    if run.status != JobRun.Status.SUCCEEDED:
+        return False
+    try:
+        asked = bool(cache.delete(REFRESH_AGAIN_KEY))
+    except Exception:  # cache down: the sweep catches up
+        asked = False
+    return asked or bool(run.events_processed and run.backlog_events)
 
 
 def features_neighbours_refresh(*, trigger: str, budget: float | None = None) -> JobRun:
@@ -98,7 +131,11 @@ def features_sweep() -> dict[str, Any]:
     """The periodic safety net: catalog availability to the hot store, a refresh (whatever the
     on-commit triggers missed, e.g. while the broker was down), old job runs pruned."""
     catalog = features_catalog_sync()
-    run = features_refresh(trigger="sweep")
+    run = features_refresh(trigger="sweep", handoff=True)
+    if features_refresh_again(run):
+        from .tasks import features_refresh_task
+
+        features_refresh_task.apply_async(kwargs={"trigger": "backlog"})
     pruned = runs_prune()
     return {"catalog": catalog, "events": run.events_processed, "pruned_runs": pruned}
 

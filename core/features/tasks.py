@@ -26,8 +26,8 @@ def features_refresh_task(trigger: str = "task") -> dict:
     re-enqueued by itself while a backlog remains."""
     # Cleared before reading events: a commit after this point enqueues another refresh.
     cache.delete(services.REFRESH_PENDING_KEY)
-    run = services.features_refresh(trigger=trigger)
-    if run.events_processed and run.backlog_events:
+    run = services.features_refresh(trigger=trigger, handoff=True)
+    if services.features_refresh_again(run):
         features_refresh_task.apply_async(kwargs={"trigger": "backlog"})
     return {"run": run.pk, "status": run.status, "events": run.events_processed}
 

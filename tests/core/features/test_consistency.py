@@ -145,3 +145,34 @@ def test_forgetting_a_shopper_erases_their_features(ingest, store):
     assert selectors.user_history(user_id="u1") == []
     assert not store.exists("feat:u:u1")
     assert [e.item_id for e in selectors.user_history(user_id="u2")] == ["a"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_triggered_refresh_that_finds_one_running_hands_over_instead_of_waiting(ingest, store):
+    # given: another worker's run holds the activity lock
+    from django.core.cache import cache
+
+    from core.features.pipeline import _advisory_key
+    from core.features.services import REFRESH_PENDING_KEY, features_refresh_again
+
+    ingest([("u1", "a", "view")])
+    with _other_connection() as other:
+        other.execute("SELECT pg_advisory_lock(%s)", [_advisory_key("activity")])
+
+        # when
+        started = time.monotonic()
+        skipped = features_refresh(trigger="on_commit", handoff=True)
+        waited = time.monotonic() - started
+
+    # then: it did not keep a worker process waiting, and commits meanwhile need not enqueue
+    # more refreshes (the holder queues one)
+    assert skipped.status == "skipped" and waited < 5
+    assert not features_refresh_again(skipped)
+    assert cache.get(REFRESH_PENDING_KEY) is not None
+    cache.delete(REFRESH_PENDING_KEY)
+
+    # and the holder, once it lets go, queues one more refresh (once)
+    holder = features_refresh(trigger="test")
+    assert holder.status == "succeeded"
+    assert features_refresh_again(holder)
+    assert not features_refresh_again(holder)
