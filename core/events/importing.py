@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import queue
 import threading
 import time
@@ -25,7 +26,7 @@ from django.db import connection, connections
 from core.catalog.validation import RowError
 
 from .partitions import is_partitioned
-from .services import events_ingest
+from .services import PreparedEvents, events_ingest, events_prepare, events_store_prepared
 from .validation import EVENT_FIELDS, EventIn, EventValidator
 
 MOVIELENS_COLUMNS = ("userId", "movieId", "rating", "timestamp")
@@ -36,6 +37,9 @@ MOVIELENS_MAPPING = {
     "timestamp": "timestamp",
 }
 
+
+# A chunk on its way to a writer: prepared (PostgreSQL) or validated events (elsewhere).
+_Work = PreparedEvents | list[EventIn]
 
 # Guards ImportReport: the reading thread and the writer threads all count into it.
 _report_lock = threading.Lock()
@@ -93,7 +97,7 @@ def _value(text: str) -> Any:
 def _timestamp(text: str) -> Any:
     if not text:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # (int() refuses other digits, e.g. "²")
         return int(text)  # epoch seconds, the MovieLens way
     try:
         return float(text)
@@ -110,9 +114,38 @@ def _event_id(text: str) -> str:
     return "imp#" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def _csv_rows(
-    stream: TextIO, mapping: dict[str, str], default_type: str | None
-) -> Iterator[tuple[int, Any]]:
+@dataclass
+class _Chunk:
+    """Rows read from a source: how many, those that could not even be read, and how to
+    validate the rest."""
+
+    read: int
+    unreadable: list[RowError]
+    validate: Callable[[EventValidator], tuple[list[EventIn], list[RowError]]]
+
+
+def _row_chunks(rows: Iterator[tuple[int, Any]], chunk_size: int) -> Iterator[_Chunk]:
+    """(line, raw event or the reason it is unreadable) rows -> chunks validated row by row."""
+    while True:
+        batch = list(itertools.islice(rows, chunk_size))
+        if not batch:
+            return
+        unreadable = [
+            RowError(line, None, "unreadable", row) for line, row in batch if isinstance(row, str)
+        ]
+        good = [(line, row) for line, row in batch if not isinstance(row, str)]
+        raw = [row for _, row in good]
+        lines = [line for line, _ in good]
+        yield _Chunk(
+            len(batch),
+            unreadable,
+            lambda validator, raw=raw, lines=lines: validator.validate(raw, indexes=lines),
+        )
+
+
+def _csv_chunks(
+    stream: TextIO, mapping: dict[str, str], default_type: str | None, chunk_size: int
+) -> Iterator[_Chunk]:
     reader = csv.reader(stream)
     try:
         header = next(reader)
@@ -130,9 +163,9 @@ def _csv_rows(
         raise ImportFormatError(
             f"column(s) {', '.join(missing)} not in the header ({', '.join(header)})"
         )
-    positions = [(target, header.index(source)) for target, source in mapping.items()]
+    positions = {target: header.index(source) for target, source in mapping.items()}
     converters: list[tuple[str, int, Callable[[str], Any]]] = []
-    for target, position in positions:
+    for target, position in positions.items():
         if target == "value":
             converters.append((target, position, _value))
         elif target == "timestamp":
@@ -144,22 +177,72 @@ def _csv_rows(
     has_event_id = "event_id" in mapping
     type_tag = f"{default_type or ''}\x1f"
     width = len(header)
-    for line, values in enumerate(reader, start=2):
-        if len(values) != width:
-            yield line, f"expected {width} columns, got {len(values)}"
-            continue
+
+    def as_dict(values: list[str]) -> dict[str, Any]:
         row: dict[str, Any] = {}
-        try:
-            for target, position, convert in converters:
-                row[target] = convert(values[position])
-        except orjson.JSONDecodeError:
-            yield line, "context is not valid JSON"
-            continue
+        for target, position, convert in converters:
+            row[target] = convert(values[position])
         if default_type is not None and row.get("type") is None:
             row["type"] = default_type
         if not has_event_id:
             row["event_id"] = _event_id(type_tag + "\x1f".join(values))
-        yield line, row
+        return row
+
+    line = 1
+    while True:
+        batch = list(itertools.islice(reader, chunk_size))
+        if not batch:
+            return
+        first, line = line + 1, line + len(batch)
+        unreadable: list[RowError] = []
+        rows: list[list[str]] = []
+        lines: list[int] = []
+        for number, values in enumerate(batch, start=first):
+            if len(values) != width:
+                unreadable.append(
+                    RowError(
+                        number, None, "unreadable", f"expected {width} columns, got {len(values)}"
+                    )
+                )
+            else:
+                rows.append(values)
+                lines.append(number)
+        if "context" in positions:
+            # JSON cells: row by row (a cell that is not JSON makes its row unreadable).
+            raw: list[Any] = []
+            raw_lines: list[int] = []
+            for number, values in zip(lines, rows, strict=True):
+                try:
+                    raw.append(as_dict(values))
+                    raw_lines.append(number)
+                except orjson.JSONDecodeError:
+                    unreadable.append(
+                        RowError(number, None, "unreadable", "context is not valid JSON")
+                    )
+            yield _Chunk(
+                len(batch),
+                unreadable,
+                lambda validator, raw=raw, lines=raw_lines: validator.validate(raw, indexes=lines),
+            )
+            continue
+        # Plain cells: validated column by column (EventValidator.validate_text_columns).
+        columns = {target: [values[p] for values in rows] for target, p in positions.items()}
+        if not has_event_id:
+            columns["event_id"] = [_event_id(type_tag + "\x1f".join(values)) for values in rows]
+        if "type" in columns:
+            if default_type is not None:
+                columns["type"] = [text or default_type for text in columns["type"]]
+        elif default_type is not None:
+            columns["type"] = [default_type] * len(rows)
+        yield _Chunk(
+            len(batch),
+            unreadable,
+            lambda validator, columns=columns, rows=rows, lines=lines: (
+                validator.validate_text_columns(
+                    columns, lines, lambda position: as_dict(rows[position])
+                )
+            ),
+        )
 
 
 def _jsonl_rows(
@@ -202,12 +285,11 @@ def events_import(
     if file_format not in ("csv", "jsonl"):
         raise ImportFormatError(f"format must be csv or jsonl, not {file_format!r}")
     with path.open(newline="" if file_format == "csv" else None, encoding="utf-8") as stream:
-        rows = (_csv_rows if file_format == "csv" else _jsonl_rows)(
-            stream, dict(mapping or {}), default_type
-        )
-        return _load(
-            rows, chunk_size=chunk_size, max_errors=max_errors, progress=progress, writers=writers
-        )
+        if file_format == "csv":
+            chunks = _csv_chunks(stream, dict(mapping or {}), default_type, chunk_size)
+        else:
+            chunks = _row_chunks(_jsonl_rows(stream, dict(mapping or {}), default_type), chunk_size)
+        return _load(chunks, max_errors=max_errors, progress=progress, writers=writers)
 
 
 def events_load(
@@ -230,14 +312,16 @@ def events_load(
             yield index, event
 
     return _load(
-        numbered(), chunk_size=chunk_size, max_errors=max_errors, progress=progress, writers=writers
+        _row_chunks(numbered(), chunk_size),
+        max_errors=max_errors,
+        progress=progress,
+        writers=writers,
     )
 
 
 def _load(
-    rows: Iterator[tuple[int, Any]],
+    chunks: Iterator[_Chunk],
     *,
-    chunk_size: int,
     max_errors: int,
     progress: Callable[[ImportReport], None] | None,
     writers: int,
@@ -258,37 +342,22 @@ def _load(
     writer = (
         _Writer(report, max_errors, writers) if writers and not connection.in_atomic_block else None
     )
-    chunk: list[Any] = []
-    lines: list[int] = []
-
-    def flush() -> None:
-        valid, errors = validator.validate(chunk, indexes=lines)
-        with _report_lock:
-            report.rejected += len({error.index for error in errors})
-            _keep_errors(report, errors, max_errors)
-        if writer is not None:
-            writer.put(valid)
-        else:
-            _store(report, valid, id_cache, max_errors)
-        report.seconds = time.perf_counter() - started
-        if progress is not None:
-            progress(report)
-
     try:
-        for line, row in rows:
-            report.read += 1
-            if isinstance(row, str):  # the row could not even be read
-                with _report_lock:
-                    report.rejected += 1
-                    _keep_errors(report, [RowError(line, None, "unreadable", row)], max_errors)
-                continue
-            chunk.append(row)
-            lines.append(line)
-            if len(chunk) >= chunk_size:
-                flush()
-                chunk, lines = [], []
-        if chunk:
-            flush()
+        for chunk in chunks:
+            valid, errors = chunk.validate(validator)
+            errors = chunk.unreadable + errors
+            with _report_lock:
+                report.read += chunk.read
+                report.rejected += len({error.index for error in errors})
+                _keep_errors(report, sorted(errors, key=lambda error: error.index), max_errors)
+            work = _prepare(valid, id_cache)
+            if writer is not None:
+                writer.put(work)
+            else:
+                _store(report, work, id_cache, max_errors)
+            report.seconds = time.perf_counter() - started
+            if progress is not None:
+                progress(report)
     finally:
         if writer is not None:
             writer.close()
@@ -303,13 +372,24 @@ def _keep_errors(report: ImportReport, errors: list[RowError], max_errors: int) 
         report.errors.extend(errors[:room])
 
 
+def _prepare(valid: list[EventIn], id_cache: dict[tuple[str, str], int]) -> _Work:
+    """On the reading thread: on PostgreSQL, ids resolved and new users/items created (committed)
+    before a writer stores the chunk, so writers never wait on each other's new users/items."""
+    if is_partitioned():
+        return events_prepare(events=valid, id_cache=id_cache)
+    return valid
+
+
 def _store(
     report: ImportReport,
-    valid: list[EventIn],
+    work: _Work,
     id_cache: dict[tuple[str, str], int],
     max_errors: int,
 ) -> None:
-    result = events_ingest(events=valid, use_copy=True, id_cache=id_cache)
+    if isinstance(work, PreparedEvents):
+        result = events_store_prepared(prepared=work)
+    else:
+        result = events_ingest(events=work, use_copy=True, id_cache=id_cache)
     with _report_lock:
         report.accepted += result.accepted
         report.duplicates += result.duplicates
@@ -326,7 +406,7 @@ class _Writer:
     def __init__(self, report: ImportReport, max_errors: int, threads: int) -> None:
         self.report = report
         self.max_errors = max_errors
-        self.queue: queue.Queue[list[EventIn] | None] = queue.Queue(maxsize=threads)
+        self.queue: queue.Queue[_Work | None] = queue.Queue(maxsize=threads)
         self.failure: BaseException | None = None
         self.threads = [
             threading.Thread(target=self._run, name=f"import-writer-{n}", daemon=True)
@@ -338,9 +418,9 @@ class _Writer:
     def _run(self) -> None:
         id_cache: dict[tuple[str, str], int] = {}
         try:
-            while (valid := self.queue.get()) is not None:
+            while (work := self.queue.get()) is not None:
                 if self.failure is None:
-                    _store(self.report, valid, id_cache, self.max_errors)
+                    _store(self.report, work, id_cache, self.max_errors)
         except BaseException as exc:  # handed to the reading thread
             self.failure = exc
             while self.queue.get() is not None:  # drain so the reader never blocks
@@ -348,10 +428,10 @@ class _Writer:
         finally:
             connections.close_all()
 
-    def put(self, valid: list[EventIn]) -> None:
+    def put(self, work: _Work) -> None:
         if self.failure is not None:
             raise self.failure
-        self.queue.put(valid)
+        self.queue.put(work)
 
     def close(self) -> None:
         for _ in self.threads:

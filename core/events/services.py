@@ -148,6 +148,66 @@ def events_ingest(
     return result
 
 
+@dataclass
+class PreparedEvents:
+    """Events of a bulk load with our ids resolved (users/items created and committed), ready for
+    `events_store_prepared`; `result` holds what was settled on the way (duplicates, rejects)."""
+
+    rows: list[tuple[EventIn, int, int]]
+    result: IngestResult
+
+
+def events_prepare(
+    *, events: Sequence[EventIn], id_cache: dict[tuple[str, str], int]
+) -> PreparedEvents:
+    """PostgreSQL bulk loads (import_events), first step, on the reading thread: resolve ids and
+    create the missing users/items in a short transaction of their own, so the storing
+    transactions (several writer threads at once) never wait on each other's uncommitted new
+    users (a file sorted by user shares one with the next chunk) or items. As everywhere, only
+    new events create users/items: events naming a missing one have their keys looked up first,
+    and those already stored count as duplicates (a re-run cannot bring back a forgotten shopper).
+    Rejections (auto-insert off) are decided here too."""
+    result = IngestResult()
+    unique: dict[str, EventIn] = {}
+    for event in events:
+        if event.event_id in unique:
+            result.duplicates += 1
+        else:
+            unique[event.event_id] = event
+    batch = list(unique.values())
+    if not batch:
+        return PreparedEvents([], result)
+    with transaction.atomic():
+        rows = _resolve_ids(batch, result, id_cache)
+    return PreparedEvents(rows, result)
+
+
+def events_store_prepared(*, prepared: PreparedEvents) -> IngestResult:
+    """Second step: claim the keys and store the fresh events (COPY), committed on return. Safe
+    on several threads at once and against racing retries (keys claimed in one sorted order)."""
+    result = prepared.result
+    rows = prepared.rows
+    if not rows:
+        return result
+    partitions.partitions_ensure(timestamps=(row[0].timestamp for row in rows))
+    now = timezone.now()
+    with transaction.atomic():
+        with pg_cursor() as cursor:
+            cursor.execute(_CLAIM_KEYS, [now, [row[0].event_id for row in rows]])
+            fresh = {found[0] for found in cursor.fetchall()}
+        if len(fresh) < len(rows):
+            result.duplicates += len(rows) - len(fresh)
+            rows = [row for row in rows if row[0].event_id in fresh]
+        accepted = _store_postgresql(rows, now, use_copy=True) if rows else 0
+        result.accepted += accepted
+        if accepted:
+            user_ids = frozenset(row[1] for row in rows)
+            transaction.on_commit(
+                lambda: hooks.events_ingested(accepted=accepted, user_ids=user_ids)
+            )
+    return result
+
+
 # Resolve storefront ids, claim keys and store, in one statement. Events naming an unknown user
 # or item are left out (their keys unclaimed) and reported back for the general path. `LIMIT 1`
 # keeps each LATERAL lookup a unique-index probe: without it PostgreSQL pulls the subquery up into
@@ -292,8 +352,8 @@ def _claim_and_resolve_postgresql(
 def _resolve_ids(
     batch: list[EventIn], result: IngestResult, id_cache: dict[tuple[str, str], int] | None
 ) -> list[_Row]:
-    """Not PostgreSQL: resolve ids, creating users/items only for events whose key is not taken
-    (the database serialises writers, so looking first is race-free)."""
+    """Resolve ids, creating users/items only for events whose key is not taken. Not PostgreSQL
+    (the database serialises writers, so looking first is race-free), and `events_prepare`."""
     cache = id_cache if id_cache is not None else {}
     auto_users = settings.CATALOG_AUTO_INSERT_USERS
     auto_items = settings.CATALOG_AUTO_INSERT_ITEMS
@@ -321,10 +381,27 @@ def _resolve_ids(
         # Only new events may create users/items: a retry must change nothing, not even bring
         # back a shopper who was forgotten meanwhile. Events already stored are duplicates.
         # (Only the events that would create something need checking here; the insert itself
-        # settles the others.)
-        taken = _taken_keys(
-            [e.event_id for e in kept if e.user_id not in user_ids or e.item_id not in item_ids]
-        )
+        # settles the others.) First the first event naming each missing id: when its key is
+        # new, the id is needed. Only for ids whose first event was stored already are all the
+        # events naming them looked up (a file of new shoppers: one look-up per shopper, not
+        # per event).
+        creators = [e for e in kept if e.user_id not in user_ids or e.item_id not in item_ids]
+        first: dict[tuple[str, str], str] = {}
+        for e in creators:
+            if e.user_id not in user_ids:
+                first.setdefault(("u", e.user_id), e.event_id)
+            if e.item_id not in item_ids:
+                first.setdefault(("i", e.item_id), e.event_id)
+        taken = _taken_keys(list(set(first.values())))
+        unsettled = {name for name, key in first.items() if key in taken}
+        if unsettled:
+            taken |= _taken_keys(
+                [
+                    e.event_id
+                    for e in creators
+                    if ("u", e.user_id) in unsettled or ("i", e.item_id) in unsettled
+                ]
+            )
         if taken:
             result.duplicates += sum(1 for e in kept if e.event_id in taken)
             kept = [e for e in kept if e.event_id not in taken]
@@ -338,7 +415,15 @@ def _resolve_ids(
 
 
 def _taken_keys(keys: list[str]) -> set[str]:
-    """Which of these idempotency keys are already stored (not PostgreSQL)."""
+    """Which of these idempotency keys are already stored."""
+    if connection.vendor == "postgresql":
+        with pg_cursor() as cursor:
+            cursor.execute(
+                "SELECT k.event_id FROM unnest(%b::text[]) AS wanted(key) CROSS JOIN LATERAL "
+                "(SELECT event_id FROM events_eventkey WHERE event_id = wanted.key LIMIT 1) AS k",
+                [keys],
+            )
+            return {row[0] for row in cursor.fetchall()}
     taken: set[str] = set()
     for start in range(0, len(keys), 500):  # SQLite's bound-variable limit
         taken.update(

@@ -58,6 +58,24 @@ def test_importing_the_same_file_twice_stores_nothing_new(tmp_path):
     assert Event.objects.count() == 4
 
 
+def test_reimporting_after_forgetting_a_shopper_does_not_bring_them_back(tmp_path):
+    # given: an imported file, then shopper "2" forgotten (their events and row gone)
+    from core.catalog.services import user_forget
+
+    path = tmp_path / "ratings.csv"
+    path.write_text(MOVIELENS)
+    run(path)
+    user_forget(external_id="2")
+
+    # when
+    out, _ = run(path)
+
+    # then: every row is a duplicate (the keys stay); nobody is created again
+    assert "accepted 0, duplicates 4, rejected 1" in out
+    assert not User.objects.filter(external_id="2").exists()
+    assert Event.objects.count() == 3
+
+
 def test_json_lines_with_a_column_mapping(tmp_path):
     path = tmp_path / "clicks.jsonl"
     lines = [
@@ -130,3 +148,69 @@ def test_events_load_takes_api_shaped_dicts_for_generated_data():
     assert [(e.index, e.code) for e in first.errors] == [(2, "unknown_type")]
     assert again.duplicates == 2
     assert Event.objects.count() == 2
+
+
+def test_column_validation_answers_exactly_as_row_validation():
+    # given: CSV cells of every awkward kind, in every column
+    import itertools
+    import random
+
+    from core.events.importing import _timestamp, _value
+    from core.events.validation import EventValidator
+
+    rng = random.Random(7)
+    ids = ["u1", "", "x" * 255, "y" * 256, "²", " 7 "]
+    types = ["rating", "view", "", "bogus"]
+    numbers = ["", "3.5", "nan", "inf", " 4", "1_0", "oops", "-2"]
+    moments = [
+        "",
+        "1445714835",
+        "1445714835000",
+        "99999999999999999999999",
+        "²",
+        "-5",
+        "1.5",
+        "2026-01-31T12:00:00Z",
+        "garbage",
+        str(4_000_000_000),
+        " 12",
+    ]
+    sessions = ["", "s1", "s" * 129]
+    rows = [
+        [
+            rng.choice(ids),
+            rng.choice(ids),
+            rng.choice(types),
+            rng.choice(numbers),
+            rng.choice(moments),
+            rng.choice(sessions),
+            f"e{n}" if n % 13 else "",
+        ]
+        for n in range(3000)
+    ] + [
+        list(cells)
+        for cells in itertools.product(["u"], ["i"], types, numbers, moments, ["s"], ["k"])
+    ]
+    names = ["user_id", "item_id", "type", "value", "timestamp", "session_id", "event_id"]
+
+    def as_dict(cells: list[str]) -> dict:
+        row = dict(zip(names, cells, strict=True))
+        row |= {
+            name: row[name] or None for name in ("user_id", "item_id", "session_id", "event_id")
+        }
+        row |= {"value": _value(row["value"]), "timestamp": _timestamp(row["timestamp"])}
+        row["type"] = row["type"] or "view"  # the file's default type
+        return row
+
+    columns = {name: [cells[n] for cells in rows] for n, name in enumerate(names)}
+    columns["type"] = [text or "view" for text in columns["type"]]
+    lines = list(range(2, len(rows) + 2))
+    validator = EventValidator()
+
+    # when
+    by_columns = validator.validate_text_columns(columns, lines, lambda p: as_dict(rows[p]))
+    by_rows = validator.validate([as_dict(cells) for cells in rows], indexes=lines)
+
+    # then: the same events and the same errors
+    assert by_columns == by_rows
+    assert 0 < len(by_rows[0]) < len(rows)
