@@ -113,6 +113,11 @@ def make_events(args: argparse.Namespace, *, prefix: str, count: int, start: int
     return events
 
 
+def load_now() -> str:
+    """The 1-minute load average, printed beside each figure (the machine is shared)."""
+    return f"load {os.getloadavg()[0]:.1f}"
+
+
 def percentile(sorted_values: list[float], fraction: float) -> float:
     index = min(len(sorted_values) - 1, round(fraction * (len(sorted_values) - 1)))
     return sorted_values[index]
@@ -350,7 +355,7 @@ def main() -> None:
                 f"http: {args.events:,} events in {seconds:.1f} s = "
                 f"{results['http']:,.0f} events/s (accepted {totals['accepted']:,}, "
                 f"duplicates {totals['duplicates']:,}, rejected {totals['rejected']:,}, "
-                f"failed requests {totals['failed']})"
+                f"failed requests {totals['failed']}; {load_now()})"
             )
             assert totals["accepted"] == args.events, "events lost or double-counted"
         if "latency" not in skip:
@@ -359,14 +364,14 @@ def main() -> None:
                 f"single event, one at a time: {len(sequential)} requests, "
                 f"p50 {percentile(sequential, 0.5) * 1000:.1f} ms, "
                 f"p99 {percentile(sequential, 0.99) * 1000:.1f} ms, "
-                f"{len(sequential) / sum(sequential):,.0f} requests/s"
+                f"{len(sequential) / sum(sequential):,.0f} requests/s ({load_now()})"
             )
             latencies = single_event_latency(server.port, key, args)
             results["p99_ms"] = percentile(latencies, 0.99) * 1000
             print(
                 f"single event at {args.rate} req/s for {args.latency_seconds:.0f} s: "
                 f"{len(latencies):,} requests, p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
-                f"p99 {results['p99_ms']:.1f} ms, max {latencies[-1] * 1000:.1f} ms"
+                f"p99 {results['p99_ms']:.1f} ms, max {latencies[-1] * 1000:.1f} ms ({load_now()})"
             )
     finally:
         server.stop()
@@ -376,7 +381,8 @@ def main() -> None:
         results["copy"] = raw_copy_rate(psql_url, stored)
         print(
             f"raw COPY of the same {stored:,} rows into events_event: {results['copy']:,.0f} "
-            f"events/s; http/COPY ratio {results['http'] / results['copy']:.2f} (goal >= 0.15)"
+            f"events/s; http/COPY ratio {results['http'] / results['copy']:.2f} (goal >= 0.15; "
+            f"{load_now()})"
         )
     if "import" not in skip and args.import_events:
         with tempfile.TemporaryDirectory() as folder:
@@ -387,7 +393,8 @@ def main() -> None:
             print(
                 f"import_events (MovieLens ratings.csv layout, {report.read:,} rows): "
                 f"{report.rate:,.0f} events/s (accepted {report.accepted:,}, duplicates "
-                f"{report.duplicates:,}, rejected {report.rejected:,}) via {report.path}"
+                f"{report.duplicates:,}, rejected {report.rejected:,}) via {report.path} "
+                f"({load_now()})"
             )
     load = os.getloadavg()
     print("summary:", ", ".join(f"{name}={value:,.1f}" for name, value in results.items()))
