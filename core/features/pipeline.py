@@ -299,13 +299,15 @@ def consumer_run(
     batch_size: int | None = None,
     lock_wait: float = _LOCK_WAIT_SECONDS,
     when_busy: Callable[[], bool] | None = None,
+    follow: bool = False,
 ) -> JobRun:
     """Process events past the watermark until caught up or `budget` seconds have passed; one
     recorded JobRun (SKIPPED when another run held the consumer's lock for `lock_wait` seconds;
-    see `consumer_lock` for `when_busy`). Caught up means a batch found nothing to fold: under
-    steady ingestion a run keeps folding what arrived during its last batch, and each batch's
-    Redis writes overlap the next batch's fold. `reset` first empties the consumer's tables and
-    its watermark (a full recompute from the events table)."""
+    see `consumer_lock` for `when_busy`). Caught up: a batch reached what was visible when it
+    began; with `follow`, a batch that found nothing (under steady ingestion the run keeps
+    folding what arrived during its last batch, each batch's Redis writes overlapping the next
+    fold, until the budget is spent). `reset` first empties the consumer's tables and its
+    watermark (a full recompute from the events table)."""
     budget = settings.FEATURES_RUN_BUDGET_SECONDS if budget is None else budget
     limit = batch_size or settings.FEATURES_BATCH_SIZE
     Watermark.objects.get_or_create(consumer=consumer.name)
@@ -343,9 +345,8 @@ def consumer_run(
                         age = committed - min(row[5] for row in result.rows)
                         run.max_event_age_seconds = max(run.max_event_age_seconds or 0.0, age)
                         publisher.submit(result)
-                    if (result.caught_up and not result.rows) or (
-                        time.monotonic() - started >= budget
-                    ):
+                    done = result.caught_up and not (follow and result.rows)
+                    if done or time.monotonic() - started >= budget:
                         break
             finally:
                 publisher.close()  # the lock is held until Redis has every committed batch

@@ -48,11 +48,17 @@ _CATALOG_OVERLAP = timedelta(seconds=60)
 def features_refresh(*, trigger: str, budget: float | None = None, handoff: bool = False) -> JobRun:
     """Bring user and item features up to date with the events table. With `handoff` (the
     triggered and periodic runs), a run in progress is not waited for: it is asked to go again
-    when it lets go (`features_refresh_again`), and this one is SKIPPED."""
+    when it lets go (`features_refresh_again`), and this one is SKIPPED; and the run goes on
+    folding what arrives meanwhile until a batch finds nothing or its budget is spent."""
     if not handoff:
         return consumer_run(CONSUMERS["activity"], trigger=trigger, budget=budget)
     return consumer_run(
-        CONSUMERS["activity"], trigger=trigger, budget=budget, lock_wait=0.0, when_busy=_ask_again
+        CONSUMERS["activity"],
+        trigger=trigger,
+        budget=budget,
+        lock_wait=0.0,
+        when_busy=_ask_again,
+        follow=True,
     )
 
 

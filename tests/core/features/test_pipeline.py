@@ -319,3 +319,33 @@ def test_batches_in_several_publishes_write_exactly_what_a_rebuild_writes(ingest
         T0.timestamp() + 8 * 1.000001 + 0.123456,
     )
     assert orjson.loads(store.get(hotstore.user_key("u|1")))["c"] == {"view": 5, "click": 4}
+
+
+def test_a_triggered_run_folds_what_arrives_while_it_runs_a_command_stops(
+    ingest, store, monkeypatch
+):
+    # given: a fold during which more events arrive (once)
+    from core.features.activity import ActivityConsumer
+
+    apply = ActivityConsumer.apply
+    arrivals = iter([[("u2", "b", "view")], [("u3", "c", "view")]])
+
+    def apply_while_ingesting(self, rows, after, upto):
+        outcome = apply(self, rows, after, upto)
+        more = next(arrivals, None)
+        if more and len(rows) == 1:
+            ingest(more, prefix=f"late-{more[0][0]}")
+        return outcome
+
+    monkeypatch.setattr(ActivityConsumer, "apply", apply_while_ingesting)
+    ingest([("u1", "a", "view")])
+
+    # when: a command's run, then a triggered one
+    command = features_refresh(trigger="command")
+    triggered = features_refresh(trigger="on_commit", handoff=True)
+
+    # then: the command stopped at what was there when its batch began; the triggered run
+    # went on with what arrived meanwhile
+    assert (command.batches, command.events_processed) == (1, 1)
+    assert (triggered.batches, triggered.events_processed) == (2, 2)
+    assert {s.item_id for s in selectors.item_popular()} == {"a", "b", "c"}
