@@ -88,6 +88,11 @@ class _Writer:
     def pending(self) -> int:
         return len(self._rows)
 
+    def forget(self, user_external_id: str) -> None:
+        with self._lock:
+            kept = [row for row in self._rows if row.user_external_id != user_external_id]
+            self._rows = deque(kept)
+
     def _run(self) -> None:
         interval = settings.RECOMMENDATIONS_IMPRESSION_FLUSH_MS / 1000
         while True:
@@ -120,6 +125,11 @@ def flush() -> int:
 
 def pending() -> int:
     return _writer.pending()
+
+
+def forget(user_external_id: str) -> None:
+    """Drop a forgotten shopper's impressions not written yet."""
+    _writer.forget(user_external_id[:255])
 
 
 @atexit.register

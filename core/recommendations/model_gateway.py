@@ -7,12 +7,13 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeVar
 
 from django.conf import settings
 from django.core.cache import cache
 
+from core.system.cache import Entry
 from core.system.metrics import observe_model_server_call
 from ml.serving.client import ModelServerError, ModelServerUnavailable, PredictionClient
 
@@ -44,6 +45,8 @@ class ModelAnswer:
     model_name: str
     model_version: int | None
     cached: bool
+    # A fresh answer's cache entry: the caller writes it with its other writes, in one round trip.
+    cache_entry: Entry | None = None
 
 
 _client: PredictionClient | None = None
@@ -112,19 +115,16 @@ def _cached(key: str) -> tuple[int, ModelAnswer | None]:
     return generation, ModelAnswer([Candidate(i, s) for i, s in items], name, version, cached=True)
 
 
-def _remember(key: str, generation: int, answer: ModelAnswer) -> None:
+def _cache_entry(key: str, generation: int, answer: ModelAnswer) -> Entry | None:
     if settings.RECOMMENDATIONS_CACHE_TTL_SECONDS <= 0:
-        return
+        return None
     value = (
         generation,
         answer.model_name,
         answer.model_version,
         [(c.item_id, c.score) for c in answer.candidates],
     )
-    try:
-        cache.set(key, value, timeout=settings.RECOMMENDATIONS_CACHE_TTL_SECONDS)
-    except Exception:
-        logger.warning("could not cache a model answer", exc_info=True)
+    return Entry(key, value, settings.RECOMMENDATIONS_CACHE_TTL_SECONDS)
 
 
 def _call_timeout(budget_seconds: float) -> float:
@@ -189,8 +189,7 @@ def recommend(
         result.model_version,
         cached=False,
     )
-    _remember(key, generation, answer)
-    return answer
+    return replace(answer, cache_entry=_cache_entry(key, generation, answer))
 
 
 def similar(
@@ -220,5 +219,4 @@ def similar(
         result.model_version,
         cached=False,
     )
-    _remember(key, generation, answer)
-    return answer
+    return replace(answer, cache_entry=_cache_entry(key, generation, answer))

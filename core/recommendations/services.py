@@ -21,6 +21,7 @@ from django.core.cache import cache
 
 from core.registry import arm_stats, shadow
 from core.registry.selectors import ServingPlan, business_rules_active, serving_plan
+from core.system.cache import Entry, delete_indexed, write_many
 from core.system.metrics import observe_recommendations
 
 from . import impressions, model_gateway, sources
@@ -77,8 +78,17 @@ def _list_key(recommendation_id: str) -> str:
     return f"reclist:{recommendation_id}"
 
 
+def _user_digest(user_id: str) -> str:
+    return hashlib.sha1(user_id.encode()).hexdigest()  # noqa: S324 (a cache key)
+
+
 def _last_good_key(user_id: str) -> str:
-    return f"reclast:{hashlib.sha1(user_id.encode()).hexdigest()}"  # noqa: S324 (a cache key)
+    return f"reclast:{_user_digest(user_id)}"
+
+
+def _user_index_key(user_id: str) -> str:
+    """The set of a shopper's cached lists (for the right to be forgotten)."""
+    return f"recindex:{_user_digest(user_id)}"
 
 
 def _safe_cache_get(key: str):
@@ -89,14 +99,16 @@ def _safe_cache_get(key: str):
         return None
 
 
-def _safe_cache_set(key: str, value, timeout: int) -> None:
+def _safe_write(entries: Sequence[Entry], *, user_id: str = "") -> None:
+    """The request's cache writes in one round trip; a shopper's own entries are indexed under
+    them (so forgetting them finds every one)."""
     try:
-        cache.set(key, value, timeout=timeout)
-    except Exception:
+        write_many(entries, index=_user_index_key(user_id) if user_id else None)
+    except Exception:  # Redis down: serve without the cache, /readyz says so
         logger.warning("cache unavailable for set", exc_info=True)
 
 
-def _store_list(stored: StoredList) -> None:
+def _list_entry(stored: StoredList) -> Entry:
     payload = {
         "surface": stored.surface,
         "user_id": stored.user_id,
@@ -105,8 +117,11 @@ def _store_list(stored: StoredList) -> None:
         "source": stored.source,
         "items": [(c.item_id, c.score) for c in stored.items],
     }
-    _safe_cache_set(
-        _list_key(stored.recommendation_id), payload, settings.RECOMMENDATIONS_LIST_TTL_SECONDS
+    return Entry(
+        _list_key(stored.recommendation_id),
+        payload,
+        settings.RECOMMENDATIONS_LIST_TTL_SECONDS,
+        indexed=True,
     )
 
 
@@ -175,8 +190,10 @@ def _finish(
     count: int,
     page: int,
     diversity: bool = True,
+    writes: Sequence[Entry] = (),
 ) -> ServedPage:
-    """Filters, rules, diversity; store the list; serve the asked page."""
+    """Filters, rules, diversity; store the list (with the request's other cache `writes`, one
+    round trip); serve the asked page."""
     rules = business_rules_active()
     pinned = {item_id for rule in rules if rule.kind is RuleKind.PIN for item_id in rule.item_ids}
     candidates = [c for c in ranked if c.item_id not in exclude]
@@ -202,7 +219,7 @@ def _finish(
         source=source,
         items=candidates[: settings.RECOMMENDATIONS_LIST_LENGTH],
     )
-    _store_list(stored)
+    _safe_write([*writes, _list_entry(stored)], user_id=user_id)
     return _serve_page(stored, page=page, count=count)
 
 
@@ -265,6 +282,7 @@ def recommendations_for_user(
         want *= 4  # a category filter keeps a fraction of the model's list
 
     model_name, model_version = settings.MODEL_NAME, None
+    writes: list[Entry] = []
     plan = serving_plan(user_id=user_id)
     if not history:
         ranked = sources.popular_items(category=category, window=None, limit=want)
@@ -287,11 +305,16 @@ def recommendations_for_user(
             model_name, model_version = answer.model_name, answer.model_version
             if plan.shadow_label:
                 shadow.shadow_score(history=history, k=want, shown=ranked, plan=plan)
+            if answer.cache_entry is not None:
+                writes.append(answer.cache_entry)
             if user_id and not answer.cached:
-                _safe_cache_set(
-                    _last_good_key(user_id),
-                    [(c.item_id, c.score) for c in ranked],
-                    settings.RECOMMENDATIONS_LIST_TTL_SECONDS * 48,
+                writes.append(
+                    Entry(
+                        _last_good_key(user_id),
+                        [(c.item_id, c.score) for c in ranked],
+                        settings.RECOMMENDATIONS_LIST_TTL_SECONDS * 48,
+                        indexed=True,
+                    )
                 )
     excluded |= {entry.item_id for entry in history}
     return _finish(
@@ -305,6 +328,7 @@ def recommendations_for_user(
         category=category,
         count=count,
         page=page,
+        writes=writes,
     )
 
 
@@ -314,12 +338,15 @@ def similar_items(*, item_id: str, count: int, exclude: Sequence[str] = ()) -> S
     budget = _Budget(settings.RECOMMENDATIONS_BUDGET_MS / 1000)
     want = settings.RECOMMENDATIONS_LIST_LENGTH
     model_name, model_version = settings.MODEL_NAME, None
+    writes: list[Entry] = []
     try:
         answer = model_gateway.similar(
             item_id, k=want, budget_seconds=budget.remaining(), label=serving_plan(user_id="").label
         )
         ranked, source = answer.candidates, SOURCE_CACHE if answer.cached else SOURCE_MODEL
         model_name, model_version = answer.model_name, answer.model_version
+        if answer.cache_entry is not None:
+            writes.append(answer.cache_entry)
     except model_gateway.ModelUnavailable as exc:
         logger.warning("model unavailable for similar items: %s", exc)
         ranked, source = [], ""
@@ -341,6 +368,7 @@ def similar_items(*, item_id: str, count: int, exclude: Sequence[str] = ()) -> S
         count=count,
         page=1,
         diversity=False,
+        writes=writes,
     )
 
 
@@ -384,6 +412,8 @@ def rank_for_user(
             order = {c.item_id: c.score for c in answer.candidates}
             model_name, model_version = answer.model_name, answer.model_version
             source = SOURCE_CACHE if answer.cached else SOURCE_MODEL
+            if answer.cache_entry is not None:
+                _safe_write([answer.cache_entry])
         except model_gateway.ModelUnavailable as exc:
             logger.warning("model unavailable for ranking: %s", exc)
     popularity = {
@@ -412,3 +442,22 @@ def rank_for_user(
         items=kept,
     )
     return _serve_page(stored, page=1, count=max(1, len(kept)))
+
+
+def recommendations_user_erase(user_pk: int) -> int:
+    """Right to be forgotten: the shopper's impressions, stored lists and last good list (an
+    eraser `user_forget` calls inside its transaction). Impressions still in a web process's
+    writer buffer (served within the last RECOMMENDATIONS_IMPRESSION_FLUSH_MS) are dropped in
+    this process; another process may write one that late, which the next forget removes."""
+    from core.catalog.models import User
+
+    external_id = User.objects.filter(pk=user_pk).values_list("external_id", flat=True).first()
+    if external_id is None:
+        return 0
+    impressions.forget(external_id)
+    removed, _ = Impression.objects.filter(user_external_id=external_id[:255]).delete()
+    try:
+        removed += delete_indexed(_user_index_key(external_id))
+    except Exception:  # the lists expire anyway (RECOMMENDATIONS_LIST_TTL_SECONDS)
+        logger.warning("cache unavailable: a forgotten shopper's lists stay until they expire")
+    return removed

@@ -161,3 +161,39 @@ def test_the_cache_reuses_one_redis_client(settings):
     assert client.get_client("a") is client.get_client("b")
     cache.set("reuse", 1)
     assert cache.get("reuse") == 1
+
+
+def test_forgetting_a_shopper_removes_their_impressions_and_cached_lists(
+    serving, catalog, post_events, reader, make_client
+):
+    post_events({"user_id": "u1", "item_id": "item-1", "type": "view"})
+    first = reader.get(URL.format("u1"), {"count": 3}).json()
+    other = reader.get(URL.format("u2"), {"count": 3, "session_items": "item-2"}).json()
+    assert first["source"] == "model"
+    assert Impression.objects.filter(user_external_id="u1").count() == 1
+
+    answer = make_client("catalog:write").delete("/api/v1/users/u1")
+
+    assert answer.status_code == 200, answer.json()
+    # one impression + the stored list + the last good list
+    assert answer.json()["removed"]["recommendations"] == 3
+    assert not Impression.objects.filter(user_external_id="u1").exists()
+    page = {"count": 3, "page": 2, "recommendation_id": first["recommendation_id"]}
+    assert reader.get(URL.format("u1"), page).status_code == 404
+    # Someone else's list is untouched.
+    page = {"count": 3, "page": 2, "recommendation_id": other["recommendation_id"]}
+    assert reader.get(URL.format("u2"), page).status_code == 200
+
+
+def test_one_round_trip_writes_entries_with_their_own_timeouts_and_an_index(settings):
+    from core.system.cache import Entry, delete_indexed, write_many
+
+    write_many(
+        [Entry("a", [1], 60, indexed=True), Entry("b", {"x": 2}, 3600), Entry("c", 3, 60, True)],
+        index="idx",
+    )
+
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == ([1], {"x": 2}, 3)
+    assert delete_indexed("idx") == 2
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (None, {"x": 2}, None)
+    assert delete_indexed("idx") == 0
