@@ -10,6 +10,7 @@ row's fields), so importing the same file twice stores nothing the second time.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import itertools
 import queue
@@ -139,8 +140,23 @@ def _row_chunks(rows: Iterator[tuple[int, Any]], chunk_size: int) -> Iterator[_C
         yield _Chunk(
             len(batch),
             unreadable,
-            lambda validator, raw=raw, lines=lines: validator.validate(raw, indexes=lines),
+            functools.partial(_validate_rows, raw, lines),
         )
+
+
+def _validate_rows(
+    raw: list[Any], lines: list[int], validator: EventValidator
+) -> tuple[list[EventIn], list[RowError]]:
+    return validator.validate(raw, indexes=lines)
+
+
+def _validate_columns(
+    columns: dict[str, list[str]],
+    lines: list[int],
+    raw_row: Callable[[int], Any],
+    validator: EventValidator,
+) -> tuple[list[EventIn], list[RowError]]:
+    return validator.validate_text_columns(columns, lines, raw_row)
 
 
 def _csv_chunks(
@@ -222,7 +238,7 @@ def _csv_chunks(
             yield _Chunk(
                 len(batch),
                 unreadable,
-                lambda validator, raw=raw, lines=raw_lines: validator.validate(raw, indexes=lines),
+                functools.partial(_validate_rows, raw, raw_lines),
             )
             continue
         # Plain cells: validated column by column (EventValidator.validate_text_columns).
@@ -237,12 +253,14 @@ def _csv_chunks(
         yield _Chunk(
             len(batch),
             unreadable,
-            lambda validator, columns=columns, rows=rows, lines=lines: (
-                validator.validate_text_columns(
-                    columns, lines, lambda position: as_dict(rows[position])
-                )
+            functools.partial(
+                _validate_columns, columns, lines, functools.partial(_row_at, as_dict, rows)
             ),
         )
+
+
+def _row_at(as_dict: Callable[[list[str]], dict[str, Any]], rows: list[list[str]], at: int) -> Any:
+    return as_dict(rows[at])
 
 
 def _jsonl_rows(

@@ -141,9 +141,9 @@ class EventValidator:
             ("session_id", MAX_SESSION_ID_LENGTH),
             ("recommendation_id", MAX_RECOMMENDATION_ID_LENGTH),
         ):
-            column = columns.get(name)
-            if column is not None and count and max(map(len, column)) > limit:
-                slow.update(p for p, text in enumerate(column) if len(text) > limit)
+            optional = columns.get(name)
+            if optional is not None and count and max(map(len, optional)) > limit:
+                slow.update(p for p, text in enumerate(optional) if len(text) > limit)
         values: list[float | None] = [None] * count
         value_texts = columns.get("value")
         if value_texts is not None:
