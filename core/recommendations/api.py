@@ -7,6 +7,7 @@ import re
 from django.conf import settings
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, serializers
+from rest_framework.fields import empty
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -17,6 +18,7 @@ from . import services
 from .services import ServedPage
 
 ID_PATTERN = re.compile(r"^[^\s/?#]{1,255}$")
+RECOMMENDATION_ID = re.compile(r"^[0-9a-f]{32}$")
 WINDOWS = ("1h", "24h", "7d", "all")
 
 
@@ -65,6 +67,44 @@ class CategoryField(serializers.CharField):
         if value and not sources.category_exists(value):
             raise serializers.ValidationError(f"Unknown category {value!r}.")
         return value or None
+
+
+def _plain_query(query, serializer_class: type[serializers.Serializer]) -> dict | None:
+    """The validated parameters of a plain query (known names, positive integers, well-formed
+    ids; no category, which needs a catalog look-up), without a serializer: building and
+    running one costs about 0.13 ms, a tenth of a cached answer. Anything else -> None, and the
+    serializer decides (so every error comes from it)."""
+    fields = serializer_class._declared_fields  # type: ignore[attr-defined]
+    out: dict = {}
+    for name, values in query.lists():
+        if name not in fields or name == "category" or len(values) != 1:
+            return None
+        value = values[0]
+        field = fields[name]
+        if isinstance(field, IdListField):
+            parts = [part.strip() for part in value.split(",") if part.strip()]
+            if len(parts) > settings.RECOMMENDATIONS_MAX_ID_LIST or not all(
+                ID_PATTERN.match(part) for part in parts
+            ):
+                return None
+            out[name] = parts
+        elif isinstance(field, serializers.IntegerField):
+            if not (value.isascii() and value.isdigit()):
+                return None
+            number = int(value)
+            if (field.min_value is not None and number < field.min_value) or (
+                field.max_value is not None and number > field.max_value
+            ):
+                return None
+            out[name] = number
+        elif name == "recommendation_id" and RECOMMENDATION_ID.match(value):
+            out[name] = value
+        else:
+            return None
+    for name, field in fields.items():
+        if name not in out and name != "category" and field.default is not empty:
+            out[name] = field.default if not isinstance(field, IdListField) else []
+    return out
 
 
 class ItemOut(serializers.Serializer):
@@ -116,16 +156,18 @@ class UserRecommendationsApi(APIView):
         exclude = IdListField(required=False, default="")
         session_items = IdListField(required=False, default="")
         page = serializers.IntegerField(min_value=1, max_value=1000, default=1)
-        recommendation_id = serializers.RegexField(r"^[0-9a-f]{32}$", required=False)
+        recommendation_id = serializers.RegexField(RECOMMENDATION_ID, required=False)
 
     @extend_schema(
         parameters=[QuerySerializer], responses=ListOut, operation_id="user_recommendations"
     )
     def get(self, request: Request, user_id: str) -> Response:
         _check_id(user_id, "user_id")
-        query = self.QuerySerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        params = query.validated_data
+        params = _plain_query(request.query_params, self.QuerySerializer)
+        if params is None:
+            query = self.QuerySerializer(data=request.query_params)
+            query.is_valid(raise_exception=True)
+            params = query.validated_data
         if params.get("recommendation_id"):
             try:
                 return serve(

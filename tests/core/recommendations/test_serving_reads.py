@@ -126,9 +126,7 @@ def test_impressions_are_written_by_the_writer_within_a_flush(serving, catalog, 
     assert impressions.pending() == 0
 
 
-def test_impressions_wait_while_the_database_is_away_and_overflow_is_counted(
-    settings, monkeypatch
-):
+def test_impressions_wait_while_the_database_is_away_and_overflow_is_counted(settings, monkeypatch):
     settings.RECOMMENDATIONS_IMPRESSION_FLUSH_MS = 60_000  # the thread stays out of the way
     settings.RECOMMENDATIONS_IMPRESSION_BUFFER = 100
     dropped_before = IMPRESSIONS_DROPPED._value.get()
@@ -197,3 +195,48 @@ def test_one_round_trip_writes_entries_with_their_own_timeouts_and_an_index(sett
     assert delete_indexed("idx") == 2
     assert (cache.get("a"), cache.get("b"), cache.get("c")) == (None, {"x": 2}, None)
     assert delete_indexed("idx") == 0
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "count=10",
+        "count=1&page=3",
+        "count=010",
+        "session_items=item-1,item-2&exclude=item-3",
+        "session_items=item-1,,item-2, item-4 &count=7",
+        "exclude=",
+        f"recommendation_id={'ab' * 16}&page=2",
+        # everything below is left to the serializer (None), which answers or refuses it
+        "count=0",
+        "count=100000",
+        "count=-1",
+        "count=1.0",
+        "count=²",
+        "count=10&count=11",
+        "category=toys",
+        "unknown=1",
+        "session_items=a b",
+        f"session_items={','.join(['x'] * 10_000)}",
+        "recommendation_id=XYZ",
+        "page=0",
+    ],
+)
+def test_the_plain_query_parser_agrees_with_the_serializer(query):
+    from django.http import QueryDict
+    from rest_framework.exceptions import ValidationError
+
+    from core.recommendations.api import UserRecommendationsApi, _plain_query
+
+    serializer_class = UserRecommendationsApi.QuerySerializer
+    plain = _plain_query(QueryDict(query), serializer_class)
+    serializer = serializer_class(data=QueryDict(query))
+    try:
+        serializer.is_valid(raise_exception=True)
+    except ValidationError:
+        assert plain is None
+        return
+    if plain is not None:
+        expected = {k: ([] if v == "" else v) for k, v in serializer.validated_data.items()}
+        assert plain == expected
