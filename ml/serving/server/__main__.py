@@ -6,9 +6,18 @@
 
 from __future__ import annotations
 
+import os
+
+# gRPC's EventEngine listener reads and writes the sockets on its own threads and hands every
+# event to the server's completion-queue thread: three more thread wake-ups per call, which on
+# this 2-core VM cost more than the whole RPC floor when the machine is idle (a sleeping vCPU is
+# slow to wake). The classic poller does the I/O on the thread that waits for it. grpc reads
+# this variable once, when first imported, so it is set before any import that pulls grpc in;
+# a value already in the environment wins. docs/model-server.md has the measurements.
+os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_listener")
+
 import argparse
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
