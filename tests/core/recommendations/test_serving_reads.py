@@ -155,7 +155,7 @@ def test_impressions_wait_while_the_database_is_away_and_overflow_is_counted(set
 def test_the_cache_reuses_one_redis_client(settings):
     if not settings.CACHES["default"]["BACKEND"].endswith("RedisCache"):
         pytest.skip("the suite runs without Redis")
-    client = cache._cache  # noqa: SLF001
+    client = cache._cache
     assert client.get_client("a") is client.get_client("b")
     cache.set("reuse", 1)
     assert cache.get("reuse") == 1
@@ -240,3 +240,29 @@ def test_the_plain_query_parser_agrees_with_the_serializer(query):
     if plain is not None:
         expected = {k: ([] if v == "" else v) for k, v in serializer.validated_data.items()}
         assert plain == expected
+
+
+def test_a_known_shoppers_answer_needs_no_sql_once_the_hot_set_is_ready(
+    serving, catalog, post_events, reader
+):
+    post_events(
+        {"user_id": "u1", "item_id": "item-1", "type": "view"},
+        {"user_id": "u1", "item_id": "item-2", "type": "purchase"},
+    )
+    features_catalog_sync(full=True)
+    reader.get(URL.format("u1"), {"count": 5})  # fills the model cache and the category cache
+
+    with CaptureQueriesContext(connection) as queries:
+        uncached = reader.get(URL.format("u1"), {"count": 5, "session_items": "item-7"})
+        cached = reader.get(URL.format("u1"), {"count": 5})
+
+    assert uncached.json()["source"] == "model"
+    assert cached.json()["source"] == "cache"
+    assert "item-2" not in ids(cached)
+    # Impressions are written in the request here (the suite's flush interval is 0): nothing else.
+    other = [
+        q["sql"]
+        for q in queries.captured_queries
+        if "recommendations_impression" not in q["sql"] and q["sql"] not in ("BEGIN", "COMMIT")
+    ]
+    assert other == []
