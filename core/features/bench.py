@@ -111,6 +111,29 @@ def event_dicts(args: argparse.Namespace, prefix: str, count: int, seed: int) ->
     return events
 
 
+def backend_cpu_seconds() -> float | None:
+    """CPU seconds used so far by this process's PostgreSQL backend (None unless the server runs
+    on this machine and /proc shows it)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu_seconds(store: object) -> float | None:
+    """CPU seconds used so far by the Redis server (all its clients, not only this benchmark)."""
+    if store is None:
+        return None
+    info = store.info("cpu")  # type: ignore[attr-defined]
+    return float(info["used_cpu_user"] + info["used_cpu_sys"])
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -165,15 +188,31 @@ def throughput(args: argparse.Namespace) -> None:
         store = hotstore.client("job")
         if store is not None:
             store.flushdb()
+        cpu = (time.process_time(), backend_cpu_seconds(), redis_cpu_seconds(store))
         started = time.perf_counter()
         run = consumer_run(
             CONSUMERS[consumer_name], trigger="bench", budget=float("inf"), reset=True
         )
         elapsed = time.perf_counter() - started
+        processed = max(1, run.events_processed)
+        used = [
+            None if before is None or after is None else (after - before) / processed * 1e6
+            for before, after in zip(
+                cpu,
+                (time.process_time(), backend_cpu_seconds(), redis_cpu_seconds(store)),
+                strict=True,
+            )
+        ]
+        parts = [
+            f"{name} {value:.1f}"
+            for name, value in zip(("Python", "PostgreSQL", "Redis"), used, strict=True)
+            if value is not None
+        ]
         print(
             f"{label}: {run.events_processed:,} events in {elapsed:.2f} s = "
             f"{run.events_processed / elapsed:,.0f} events/s ({run.batches} batches of "
-            f"<= {settings.FEATURES_BATCH_SIZE:,})"
+            f"<= {settings.FEATURES_BATCH_SIZE:,}); CPU us/event: {', '.join(parts)}; "
+            f"load average {os.getloadavg()[0]:.1f}"
         )
     settings.FEATURES_REDIS_URL = redis_url
     settings.FEATURES_TRIGGER_ON_COMMIT = True

@@ -141,17 +141,19 @@ def delete_matching(store: redis.Redis, pattern: str) -> int:
 
 
 # Writes many shoppers in one call: ARGV[1] = history length, ARGV[2] = JSON
-# [[user external id, counts JSON, total events, [event id, type, item external id, unix time,
-# ...]], ...]. The script formats history members and scores, so the client packs one argument of
-# plain values instead of building two strings per event. Numbers reach Lua as exact doubles
-# (orjson writes the shortest exact form, cjson reads it with strtod); "%.17g" writes them back
-# exactly (Redis would format a Lua number with 14 digits). Event ids are below 2^53.
+# [[user external id, counts JSON, [event id, type, item external id, unix time, ...]], ...].
+# The script formats history members and scores, so the client packs one argument of plain
+# values instead of building two strings per event. Numbers reach Lua as exact doubles (orjson
+# writes the shortest exact form, cjson reads it with strtod); "%.17g" writes them back exactly
+# (Redis would format a Lua number with 14 digits). Event ids are below 2^53. A history that got
+# entries is trimmed to the last `length` (a no-op when it is shorter: cheaper here than counting
+# a shopper's events in the database).
 _USERS_SCRIPT = """
 local length = tonumber(ARGV[1])
 local users = cjson.decode(ARGV[2])
 local format = string.format
 for _, user in ipairs(users) do
-  local ext, entries = user[1], user[4]
+  local ext, entries = user[1], user[3]
   redis.call('SET', 'feat:u:' .. ext, user[2])
   local n = #entries
   if n > 0 then
@@ -169,9 +171,7 @@ for _, user in ipairs(users) do
     if count > 0 then
       redis.call('ZADD', key, unpack(args, 1, count))
     end
-    if user[3] > length then
-      redis.call('ZREMRANGEBYRANK', key, 0, -length - 1)
-    end
+    redis.call('ZREMRANGEBYRANK', key, 0, -length - 1)
   end
 end
 return #users
