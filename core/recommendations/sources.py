@@ -166,7 +166,11 @@ def neighbour_items(item_ids: Sequence[str], *, limit: int) -> list[Candidate]:
     scores: dict[str, float] = {}
     for position, seed in enumerate(recent):
         decay = 0.5**position
-        for scored in features.item_neighbours(item_id=seed, count=limit):
+        # Availability is checked once for the whole list afterwards (recommendable_categories),
+        # not per seed: a fallback must cost less than the model it stands in for.
+        for scored in features.item_neighbours(
+            item_id=seed, count=limit, exclude_unavailable=False
+        ):
             scores[scored.item_id] = scores.get(scored.item_id, 0.0) + decay * scored.score
     for seed in item_ids:
         scores.pop(seed, None)
