@@ -10,7 +10,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DJANGO_ENV=test
 
 .PHONY: help install test lint format typecheck demo model-server bench bench-model-server \
-	bench-client bench-features bench-ingest bench-serve bench-model quality clean
+	bench-client bench-features bench-ingest bench-serve bench-model quality chaos soak audit clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -76,6 +76,16 @@ bench-ingest: install  ## Events over HTTP vs raw COPY, single-event latency, im
 bench-features: install  ## Feature pipeline: batch events/s and freshness under ingest load
 	$(PY) scripts/ensure_services.py "$(TEST_DATABASE_URL)" "$(BENCH_REDIS)/9"
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(BENCH_REDIS)/9 $(PY) -m core.features.bench $(BENCH_ARGS)
+
+# Fault and soak runs start a private stack (their own PostgreSQL cluster, Redis servers, model
+# server, gunicorn, worker, beat) and never touch the shared services: docs/hardening.md.
+SOAK_SECONDS ?= 1800
+
+chaos: install  ## Fault suite on a private real stack: per fault, requests, errors, events lost, recovery time
+	$(PY) -m core.system.resilience.chaos $(CHAOS_ARGS)
+
+soak: install  ## Steady load for SOAK_SECONDS (1800) on a private stack; fails on RSS growth
+	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m core.system.resilience.soak $(SOAK_ARGS)
 
 clean:  ## Remove the virtualenv and local state (var/)
 	rm -rf $(VENV) var

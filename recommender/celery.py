@@ -11,6 +11,34 @@ from recommender.settings.registry import REGISTRY_GUARDRAIL_CHECK_SECONDS
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recommender.settings")
 
+
+def _survive_broker_loss() -> None:
+    """kombu 5.7's Redis transport: once the broker connection is lost, the worker's channel
+    still puts back or acknowledges `acks_late` messages through a transport whose client is
+    already gone, and fails with AttributeError ('NoneType' object has no attribute 'hostname').
+    That is not one of the connection errors Celery's reconnect path expects, so the worker
+    exits ("Unrecoverable error") instead of waiting for the broker (found by `make chaos`,
+    fault "broker"). Raise it as the connection error it is: the worker reconnects; messages it
+    could not ack or put back stay in the broker's unacked set and are delivered again after the
+    visibility timeout (the tasks are idempotent, and beat's sweep does their work sooner)."""
+    import redis
+    from kombu.transport import redis as kombu_redis
+
+    connparams = kombu_redis.Channel._connparams
+    if getattr(connparams, "raises_connection_error", False):
+        return
+
+    def _connparams(self, asynchronous=False):  # type: ignore[no-untyped-def]
+        if self.connection.client is None:
+            raise redis.exceptions.ConnectionError("the broker connection is closed")
+        return connparams(self, asynchronous=asynchronous)
+
+    _connparams.raises_connection_error = True  # type: ignore[attr-defined]
+    kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]
+
+
+_survive_broker_loss()
+
 app = Celery("recommender")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()

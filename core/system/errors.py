@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from .exceptions import DatabaseUnavailable
 from .request_id import current_request_id
 
 logger = logging.getLogger(__name__)
@@ -43,6 +46,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         exc = exceptions.NotFound(str(exc) or "Not found.")
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, _DATABASE_DOWN):
+        exc = _database_unavailable(exc)
     response = exception_handler(exc, context)
     if response is None:
         return None  # unexpected: Django's handler500 answers in the same shape
@@ -50,6 +55,24 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     code, message, details = _code_and_message(exc)
     response.data = error_body(code, message, details)
     return response
+
+
+def _database_down_errors() -> tuple[type[Exception], ...]:
+    # Django wraps driver errors in its own classes, but code that uses the driver's cursor (the
+    # COPY path of event ingestion) meets psycopg's own: both mean the same here.
+    try:
+        import psycopg
+    except ImportError:  # SQLite only
+        return (OperationalError, InterfaceError)
+    return (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
+
+
+_DATABASE_DOWN = _database_down_errors()
+
+
+def _database_unavailable(exc: Exception) -> DatabaseUnavailable:
+    logger.warning("database unavailable: %s", (str(exc).strip() or repr(exc)).splitlines()[0])
+    return DatabaseUnavailable()
 
 
 def _wants_json(request: HttpRequest) -> bool:
@@ -65,4 +88,12 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonR
 
 
 def server_error(request: HttpRequest) -> JsonResponse:
+    exc = sys.exc_info()[1]  # handler500 runs inside Django's `except` for the request
+    if isinstance(exc, _DATABASE_DOWN):  # outside DRF's views (middleware, plain views)
+        unavailable = _database_unavailable(exc)
+        response = JsonResponse(
+            error_body(unavailable.default_code, str(unavailable.detail)), status=503
+        )
+        response["Retry-After"] = str(unavailable.wait)
+        return response
     return JsonResponse(error_body("server_error", "Internal server error."), status=500)
