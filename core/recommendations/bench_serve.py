@@ -91,6 +91,19 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time these processes have used (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def child_pids(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as children:
@@ -235,6 +248,7 @@ class Phase:
     late_starts: int  # requests sent over 1 ms after their time: the client itself fell behind
     client_cpu_ms: float  # this (load-generating) process's CPU time per request
     seconds: float  # from the first scheduled send to the last answer
+    server_cpu_ms: dict[str, float] = field(default_factory=dict)  # per part, per request
 
     def row(self) -> dict:
         ok = self.latencies_ms
@@ -255,6 +269,7 @@ class Phase:
             "sources": dict(self.sources),
             "late_client_starts": self.late_starts,
             "client_cpu_ms_per_request": round(self.client_cpu_ms, 3),
+            "server_cpu_ms_per_request": {k: round(v, 3) for k, v in self.server_cpu_ms.items()},
         }
 
 
@@ -507,11 +522,24 @@ def _measure(args, port, key, histories, target, stack, started, load_before) ->
     caller = http_caller(port, key)
     served = 0
 
+    parts = {
+        "web": child_pids(stack.processes["web"].pid),
+        "model server": [stack.processes["model-server"].pid],
+        "redis": [stack.processes["redis"].pid] if "redis" in stack.processes else [],
+    }
+
     def run(name: str, rate: float, paths: list[str]) -> Phase:
         nonlocal served
         say(f"{name}: {len(paths)} requests at {rate:g}/s")
         served += len(paths)
-        return open_loop(name, rate, paths, caller)
+        before = {part: cpu_seconds(pids) for part, pids in parts.items()}
+        phase = open_loop(name, rate, paths, caller)
+        phase.server_cpu_ms = {
+            part: (cpu_seconds(pids) - before[part]) * 1000 / max(1, len(paths))
+            for part, pids in parts.items()
+            if pids
+        }
+        return phase
 
     # Warm every worker's connections and code paths (session items below 300: unused later).
     run("warm-up", 30, [recommendations_path(rng.choice(users), f"item-{i}") for i in range(150)])
@@ -604,9 +632,9 @@ def print_report(report: dict) -> None:
     )
     print(
         "| phase | rate/s | requests | answered/s | p50 ms | p99 ms | target p50/p99 | sources "
-        "| client CPU ms/req | late client sends |"
+        "| CPU ms/req: web, model server, redis, client | late client sends |"
     )
-    print("|---|---:|---:|---:|---:|---:|---|---|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---|---|---|---:|")
     for row in report["phases"]:
         target = TARGETS.get(row["phase"])
         target_text = f"<= {target[0]:g} / <= {target[1]:g}" if target else ""
@@ -617,11 +645,16 @@ def print_report(report: dict) -> None:
             if k != 200
         }
         sources += f"; non-200: {failed}" if failed else ""
+        server = row["server_cpu_ms_per_request"]
+        cpu = ", ".join(
+            [f"{server[part]:.2f}" if part in server else "-" for part in ("web", "model server",
+             "redis")] + [f"{row['client_cpu_ms_per_request']:.2f}"]
+        )  # fmt: skip
         print(
             f"| {row['phase']} | {row['rate']:.0f} | {row['requests']} | "
             f"{row['answered_per_second']} | {row['p50_ms']} | "
             f"{row['p99_ms']} | {target_text} | {sources} | "
-            f"{row['client_cpu_ms_per_request']} | {row['late_client_starts']} |"
+            f"{cpu} | {row['late_client_starts']} |"
         )
     p50_ratio = report["ratio_uncached_p50_to_grpc_p50"]
     p99_ratio = report["ratio_uncached_p99_to_grpc_p99"]
