@@ -2,7 +2,7 @@
 
 import os
 
-from celery import Celery
+from celery import Celery, signals
 from celery.schedules import crontab
 
 from recommender.settings.features import FEATURES_NEIGHBOURS_SECONDS, FEATURES_SWEEP_SECONDS
@@ -42,6 +42,14 @@ _survive_broker_loss()
 app = Celery("recommender")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@signals.task_failure.connect
+def _count_task_failure(sender=None, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    from core.system.metrics import observe_task_failure
+
+    observe_task_failure(getattr(sender, "name", None) or "unknown")
+
 
 app.conf.beat_schedule = {
     # Proves that beat and a worker are alive; /readyz and the admin read the last beat.

@@ -67,6 +67,12 @@ IMPRESSIONS_DROPPED = Counter(
     "recommender_impressions_dropped_total",
     "Impressions dropped because the writer's buffer was full (the database was down).",
 )
+CELERY_TASK_FAILURES = Counter(
+    "recommender_celery_task_failures_total",
+    "Celery tasks that raised, by task name (counted in the worker: with PROMETHEUS_MULTIPROC_DIR "
+    "shared with the web processes, /metrics adds them up).",
+    ["task"],
+)
 EVENTS_INGESTED = Counter(
     "recommender_events_ingested_total",
     "Events received by the API, by outcome (accepted, duplicate, rejected).",
@@ -83,6 +89,11 @@ def observe_model_server_call(method: str, outcome: str, seconds: float) -> None
 def observe_recommendations(surface: str, source: str) -> None:
     # `fallback:popular_category` and friends: a handful of values, safe as a label.
     RECOMMENDATIONS_SERVED.labels(surface, source).inc()
+
+
+def observe_task_failure(task: str) -> None:
+    # Task names are declared in code (`name=` on every task): a bounded label.
+    CELERY_TASK_FAILURES.labels(task).inc()
 
 
 def observe_ingest(*, accepted: int, duplicates: int, rejected: int) -> None:
