@@ -118,6 +118,85 @@ def load_now() -> str:
     return f"load {os.getloadavg()[0]:.1f}"
 
 
+class CpuMeter:
+    """CPU seconds used by a set of processes (Linux /proc) while a phase runs: the web workers
+    and the PostgreSQL backends of the bench database. On a shared machine wall-clock rates move
+    with everyone else's load; CPU per event moves far less."""
+
+    def __init__(self, admin_url: str, database: str, web_parent: int | None = None) -> None:
+        self.admin_url = admin_url
+        self.database = database
+        self.web_parent = web_parent
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.first: dict[int, tuple[str, float]] = {}
+        self.last: dict[int, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _cpu(self, pid: int) -> float | None:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / self.tick
+
+    def _pids(self, conn: psycopg.Connection) -> list[tuple[int, str]]:
+        found = [
+            (row[0], "db")
+            for row in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                [self.database],
+            ).fetchall()
+        ]
+        if self.web_parent is not None:
+            found.append((self.web_parent, "web"))
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    try:
+                        with open(f"/proc/{entry}/stat") as stat:
+                            ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+                    except (OSError, IndexError, ValueError):
+                        continue
+                    if ppid == self.web_parent:
+                        found.append((int(entry), "web"))
+        return found
+
+    def _sample(self, conn: psycopg.Connection, starting: bool) -> None:
+        for pid, kind in self._pids(conn):
+            cpu = self._cpu(pid)
+            if cpu is None:
+                continue
+            if pid not in self.first:
+                # A process that appears mid-phase (a new connection) counts from zero.
+                self.first[pid] = (kind, cpu if starting else 0.0)
+            self.last[pid] = cpu
+
+    def _run(self) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            self._sample(conn, starting=True)
+            self.started.set()
+            while not self.stop.wait(0.1):
+                self._sample(conn, starting=False)
+            self._sample(conn, starting=False)
+
+    def __enter__(self) -> CpuMeter:
+        if not Path("/proc/self/stat").exists():
+            return self
+        self.started = threading.Event()
+        self.thread.start()
+        self.started.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.thread.is_alive():
+            self.stop.set()
+            self.thread.join(10)
+
+    def seconds(self, kind: str) -> float:
+        return sum(self.last[pid] - first for pid, (k, first) in self.first.items() if k == kind)
+
+
 def percentile(sorted_values: list[float], fraction: float) -> float:
     index = min(len(sorted_values) - 1, round(fraction * (len(sorted_values) - 1)))
     return sorted_values[index]
@@ -248,7 +327,11 @@ def single_event_sequential(port: int, key: str, args: argparse.Namespace, count
     return sorted(latencies)
 
 
-def raw_copy_rate(connection_url: str, expected: int) -> float:
+def admin_url(url: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(scheme="postgresql", path="/postgres"))
+
+
+def raw_copy_rate(connection_url: str, expected: int) -> tuple[float, float]:
     """COPY the rows the HTTP run stored back into the (emptied) table, and time it."""
     columns = (
         "event_id, user_id, item_id, session_id, type, value, timestamp, ingested_at, "
@@ -264,17 +347,21 @@ def raw_copy_rate(connection_url: str, expected: int) -> float:
                     blocks.append(bytes(block))
             cursor.execute("TRUNCATE events_event")
         conn.commit()
-        started = time.perf_counter()
-        with conn.cursor() as cursor:
-            with cursor.copy(f"COPY events_event ({columns}) FROM STDIN (FORMAT binary)") as copy:
-                for block in blocks:
-                    copy.write(block)
-            cursor.execute("SELECT count(*) FROM events_event")
-            copied = cursor.fetchone()[0]  # type: ignore[index]
-        conn.commit()
-        seconds = time.perf_counter() - started
+        database = urlsplit(connection_url).path.lstrip("/")
+        with CpuMeter(admin_url(connection_url), database) as meter:
+            started = time.perf_counter()
+            with conn.cursor() as cursor:
+                with cursor.copy(
+                    f"COPY events_event ({columns}) FROM STDIN (FORMAT binary)"
+                ) as copy:
+                    for block in blocks:
+                        copy.write(block)
+                cursor.execute("SELECT count(*) FROM events_event")
+                copied = cursor.fetchone()[0]  # type: ignore[index]
+            conn.commit()
+            seconds = time.perf_counter() - started
     assert copied == expected, (copied, expected)
-    return expected / seconds
+    return expected / seconds, meter.seconds("db") / expected * 1e6
 
 
 def write_movielens_csv(path: Path, rows: int, args: argparse.Namespace) -> None:
@@ -347,15 +434,26 @@ def main() -> None:
                 f"{time.perf_counter() - started:.1f} s; sending with {args.concurrency} "
                 f"connections to {args.workers} gunicorn workers x {args.threads} threads"
             )
-            started = time.perf_counter()
-            totals = post_batches(server.port, key, bodies, args.concurrency)
-            seconds = time.perf_counter() - started
+            database = urlsplit(url).path.lstrip("/")
+            with CpuMeter(admin_url(url), database, server.process.pid) as meter:
+                started = time.perf_counter()
+                totals = post_batches(server.port, key, bodies, args.concurrency)
+                seconds = time.perf_counter() - started
             results["http"] = args.events / seconds
+            cpu_web = meter.seconds("web") / args.events * 1e6
+            cpu_db = meter.seconds("db") / args.events * 1e6
+            results["http_cpu_us"] = cpu_web + cpu_db
             print(
                 f"http: {args.events:,} events in {seconds:.1f} s = "
                 f"{results['http']:,.0f} events/s (accepted {totals['accepted']:,}, "
                 f"duplicates {totals['duplicates']:,}, rejected {totals['rejected']:,}, "
                 f"failed requests {totals['failed']}; {load_now()})"
+            )
+            print(
+                f"http: CPU per event {results['http_cpu_us']:.1f} us (web workers "
+                f"{cpu_web:.1f} + PostgreSQL {cpu_db:.1f}); at that cost {os.cpu_count()} free "
+                f"cores would take {(os.cpu_count() or 1) / results['http_cpu_us'] * 1e6:,.0f} "
+                "events/s"
             )
             assert totals["accepted"] == args.events, "events lost or double-counted"
         if "latency" not in skip:
@@ -378,12 +476,18 @@ def main() -> None:
     if "http" not in skip and "copy" not in skip:
         with psycopg.connect(psql_url) as conn:
             stored = conn.execute("SELECT count(*) FROM events_event").fetchone()[0]  # type: ignore[index]
-        results["copy"] = raw_copy_rate(psql_url, stored)
+        results["copy"], results["copy_cpu_us"] = raw_copy_rate(psql_url, stored)
         print(
             f"raw COPY of the same {stored:,} rows into events_event: {results['copy']:,.0f} "
             f"events/s; http/COPY ratio {results['http'] / results['copy']:.2f} (goal >= 0.15; "
             f"{load_now()})"
         )
+        if results["copy_cpu_us"] and results.get("http_cpu_us"):
+            print(
+                f"raw COPY: CPU per event {results['copy_cpu_us']:.1f} us (PostgreSQL); "
+                f"COPY/http CPU per event {results['copy_cpu_us'] / results['http_cpu_us']:.2f} "
+                "(the ratio with the machine's other load taken out)"
+            )
     if "import" not in skip and args.import_events:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "ratings.csv"
