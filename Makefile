@@ -10,7 +10,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DJANGO_ENV=test
 
 .PHONY: help install test lint format typecheck demo model-server bench bench-model-server \
-	bench-client bench-features bench-ingest bench-serve bench-model quality chaos soak audit clean
+	bench-client bench-features bench-ingest bench-serve bench-model quality chaos soak clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
