@@ -464,12 +464,21 @@ def main() -> None:
                 f"p99 {percentile(sequential, 0.99) * 1000:.1f} ms, "
                 f"{len(sequential) / sum(sequential):,.0f} requests/s ({load_now()})"
             )
-            latencies = single_event_latency(server.port, key, args)
+            database = urlsplit(url).path.lstrip("/")
+            with CpuMeter(admin_url(url), database, server.process.pid) as meter:
+                latencies = single_event_latency(server.port, key, args)
             results["p99_ms"] = percentile(latencies, 0.99) * 1000
             print(
                 f"single event at {args.rate} req/s for {args.latency_seconds:.0f} s: "
                 f"{len(latencies):,} requests, p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
                 f"p99 {results['p99_ms']:.1f} ms, max {latencies[-1] * 1000:.1f} ms ({load_now()})"
+            )
+            web_ms = meter.seconds("web") / len(latencies) * 1000
+            db_ms = meter.seconds("db") / len(latencies) * 1000
+            print(
+                f"single event: CPU per request {web_ms + db_ms:.2f} ms (web workers "
+                f"{web_ms:.2f} + PostgreSQL {db_ms:.2f}): {args.rate} requests/s need "
+                f"{args.rate * (web_ms + db_ms) / 1000:.2f} of the {os.cpu_count()} cores"
             )
     finally:
         server.stop()
