@@ -162,10 +162,12 @@ def wait_until(check: Callable[[], bool], seconds: float) -> float | None:
 def fault_model_server(stack: PrivateStack, probe: Probe, hold: float, result: FaultResult) -> None:
     stack.parts["model-server"].kill()
     time.sleep(hold)
+    restarted = time.monotonic()
     stack.restart("model-server")
-    back = wait_until(lambda: stack.parts["model-server"].alive(), 5)
-    result.notes.append(f"restarted (pid {stack.parts['model-server'].pid})")
-    _recover(result, lambda: probe.ready() and probe.model_answers(), back)
+    serving = wait_until(lambda: probe.served_version() is not None, RECOVERY_DEADLINE_SECONDS)
+    if serving is not None:
+        result.notes.append(f"restarted; serving a version again after {serving:.1f} s")
+    _recover(result, lambda: probe.ready() and probe.model_answers(), 0.0, since=restarted)
 
 
 def fault_redis(stack: PrivateStack, probe: Probe, hold: float, result: FaultResult) -> None:
@@ -297,11 +299,18 @@ def fault_model_disk(stack: PrivateStack, probe: Probe, hold: float, result: Fau
         result.notes.append(f"version {target} exported and served after the fault")
 
 
-def _recover(result: FaultResult, condition: Callable[[], bool], already: float | None) -> None:
-    waited = wait_until(condition, RECOVERY_DEADLINE_SECONDS)
-    if waited is not None:
+def _recover(
+    result: FaultResult,
+    condition: Callable[[], bool],
+    already: float = 0.0,
+    since: float | None = None,
+) -> None:
+    """Wait for `condition`; the recovery time runs from `since` (a monotonic time) when given,
+    else from now plus `already` seconds."""
+    started = time.monotonic() if since is None else since
+    if wait_until(condition, RECOVERY_DEADLINE_SECONDS) is not None:
         result.recovered = True
-        result.recovery_seconds = round(waited + (already or 0.0), 2)
+        result.recovery_seconds = round(time.monotonic() - started + already, 2)
 
 
 FAULTS: dict[str, Callable[[PrivateStack, Probe, float, FaultResult], None]] = {
