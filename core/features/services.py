@@ -89,6 +89,16 @@ def features_neighbours_refresh(*, trigger: str, budget: float | None = None) ->
     return consumer_run(CONSUMERS["neighbours"], trigger=trigger, budget=budget)
 
 
+def features_activity_behind() -> bool:
+    """Whether the fresh path (the activity consumer) is more than half a batch behind the events
+    table: then the periodic neighbours job waits for a later beat, so on a busy machine its
+    heavier folds do not take the CPU the per-shopper features need to keep up."""
+    from .pipeline import events_highest_id
+
+    mark = Watermark.objects.filter(pk="activity").values_list("last_event_id", flat=True).first()
+    return events_highest_id() - (mark or 0) > settings.FEATURES_BATCH_SIZE // 2
+
+
 def features_refresh_trigger() -> None:
     """After an ingest commits: enqueue one refresh unless one is already waiting. Never raises
     (the events are stored; the sweep catches up whatever a lost trigger missed)."""

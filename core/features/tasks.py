@@ -41,8 +41,11 @@ def features_refresh_task(trigger: str = "task") -> dict:
     soft_time_limit=540,
 )
 def features_neighbours_task(trigger: str = "beat") -> dict:
-    """Bring co-occurrence neighbours up to date (beat). A short budget: on a small worker it
-    must not keep the fresh per-user refreshes waiting; the next beat continues."""
+    """Bring co-occurrence neighbours up to date (beat). A short budget, and none at all while the
+    per-user refreshes are behind: on a small worker it must not keep them waiting; a later beat
+    continues."""
+    if services.features_activity_behind():
+        return {"run": None, "status": "deferred", "events": 0}
     run = services.features_neighbours_refresh(trigger=trigger, budget=5.0)
     return {"run": run.pk, "status": run.status, "events": run.events_processed}
 

@@ -349,3 +349,27 @@ def test_a_triggered_run_folds_what_arrives_while_it_runs_a_command_stops(
     assert (command.batches, command.events_processed) == (1, 1)
     assert (triggered.batches, triggered.events_processed) == (2, 2)
     assert {s.item_id for s in selectors.item_popular()} == {"a", "b", "c"}
+
+
+def test_neighbours_wait_while_the_fresh_path_is_behind(ingest, store, settings):
+    # given: more than half a batch of events the per-user refresh has not folded yet
+    from core.features.models import ItemNeighbours
+    from core.features.tasks import features_neighbours_task
+
+    settings.FEATURES_BATCH_SIZE = 4
+    ingest([(f"u{n % 2}", f"i{n % 3}", "view") for n in range(10)])
+
+    # when
+    deferred = features_neighbours_task()
+
+    # then
+    assert deferred["status"] == "deferred"
+    assert not ItemNeighbours.objects.exists()
+
+    # when: the fresh path caught up
+    features_refresh(trigger="test", budget=1000)
+    ran = features_neighbours_task()
+
+    # then
+    assert ran["status"] == "succeeded" and ran["events"] == 10
+    assert ItemNeighbours.objects.exists()
