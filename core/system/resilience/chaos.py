@@ -247,7 +247,10 @@ stack_burst_ids: list[str] = []
 
 def fault_model_disk(stack: PrivateStack, probe: Probe, hold: float, result: FaultResult) -> None:
     if not stack.model_repository_is_tmpfs:
-        result.skipped = "needs a model repository on a filesystem of its own (mount needs root)"
+        result.skipped = (
+            "needs a model repository on a filesystem of its own: mounting a tmpfs failed "
+            "(it needs root, or CAP_SYS_ADMIN in a container)"
+        )
         return
     before = probe.served_version()
     filler = stack.model_repository / "filler"

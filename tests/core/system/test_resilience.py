@@ -3,7 +3,6 @@ own PostgreSQL cluster, cache and broker Redis servers, model server, gunicorn, 
 and beat. Never the shared services the rest of the suite uses. About two to three minutes."""
 
 import glob
-import os
 import shutil
 
 import pytest
@@ -31,7 +30,7 @@ def test_fault_loses_no_event_answers_honestly_and_recovers(suite, fault):
     results, _, logs = suite
     result = results[fault]
     if result.skipped:
-        assert fault == "model-disk" and os.geteuid() != 0, result.skipped
+        assert fault == "model-disk", result.skipped  # the only fault that needs a mount
         pytest.skip(result.skipped)
 
     assert result.requests > 0 and result.events_accepted > 0, "the load did not run"
