@@ -90,13 +90,14 @@ def features_neighbours_refresh(*, trigger: str, budget: float | None = None) ->
 
 
 def features_activity_behind() -> bool:
-    """Whether the fresh path (the activity consumer) is more than half a batch behind the events
-    table: then the periodic neighbours job waits for a later beat, so on a busy machine its
+    """Whether the fresh path (the activity consumer) is more than a tenth of a batch behind the
+    events table (5,000 events by default; a run that keeps up stays below that between its
+    batches): then the periodic neighbours job waits for a later beat, so on a busy machine its
     heavier folds do not take the CPU the per-shopper features need to keep up."""
     from .pipeline import events_highest_id
 
     mark = Watermark.objects.filter(pk="activity").values_list("last_event_id", flat=True).first()
-    return events_highest_id() - (mark or 0) > settings.FEATURES_BATCH_SIZE // 2
+    return events_highest_id() - (mark or 0) > settings.FEATURES_BATCH_SIZE // 10
 
 
 def features_refresh_trigger() -> None:

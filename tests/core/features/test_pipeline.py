@@ -352,7 +352,7 @@ def test_a_triggered_run_folds_what_arrives_while_it_runs_a_command_stops(
 
 
 def test_neighbours_wait_while_the_fresh_path_is_behind(ingest, store, settings):
-    # given: more than half a batch of events the per-user refresh has not folded yet
+    # given: more than a tenth of a batch of events the per-user refresh has not folded yet
     from core.features.models import ItemNeighbours
     from core.features.tasks import features_neighbours_task
 
