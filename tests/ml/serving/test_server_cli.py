@@ -82,3 +82,33 @@ def test_a_malformed_config_file_stops_start_up_with_tf_servings_message(tmp_pat
 
     assert process.returncode == 1
     assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in output
+
+
+def test_the_cli_sets_grpcs_classic_poller_before_grpc_is_imported():
+    # given: grpc reads GRPC_EXPERIMENTS once, when it is first imported
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+    env["PYTHONPATH"] = str(ROOT)
+    probe = (
+        "import os, sys\n"
+        "import ml.serving.server\n"
+        "assert 'grpc' not in sys.modules, 'the package must not import grpc eagerly'\n"
+        "import ml.serving.server.__main__\n"
+        "print(os.environ['GRPC_EXPERIMENTS'])\n"
+    )
+
+    # when
+    default = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    given = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env={**env, "GRPC_EXPERIMENTS": "-event_engine_client"},
+        capture_output=True,
+        text=True,
+    )
+
+    # then: the CLI's default, unless the environment gives one
+    assert default.returncode == 0, default.stderr
+    assert default.stdout.strip() == "-event_engine_listener"
+    assert given.stdout.strip() == "-event_engine_client"
