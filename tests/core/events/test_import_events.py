@@ -132,6 +132,32 @@ def test_outside_a_transaction_chunks_are_stored_by_a_writer_thread(tmp_path):
     assert Event.objects.count() == 250
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("stage", ["events_prepare", "events_store_prepared"])
+def test_a_failing_stage_stops_the_import_with_its_error(tmp_path, monkeypatch, stage):
+    # given: a file of many chunks, and a preparing or storing step that fails on its 2nd chunk
+    from core.events import importing
+
+    path = tmp_path / "ratings.csv"
+    rows = [f"{n % 13},{n % 17},{1 + n % 5}.0,{1_600_000_000 + n}" for n in range(400)]
+    path.write_text("userId,movieId,rating,timestamp\n" + "\n".join(rows) + "\n")
+    real = getattr(importing, stage)
+    calls = []
+
+    def failing(**kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return real(**kwargs)
+
+    monkeypatch.setattr(importing, stage, failing)
+
+    # when / then: the error reaches the caller (no thread left waiting)
+    with pytest.raises(RuntimeError, match="disk full"):
+        importing.events_import(path=path, chunk_size=20)
+    assert Event.objects.count() < 400
+
+
 def test_events_load_takes_api_shaped_dicts_for_generated_data():
     from core.events.importing import events_load
 
