@@ -58,7 +58,7 @@ def test_a_request_costs_no_trigger_on_the_callers_thread(monkeypatch):
     # then: the caller did not wait; the trigger ran on the trigger thread
     try:
         _wait_for(lambda: fired_on, 5)
-        assert elapsed < 0.05
+        assert elapsed < 1.0  # the trigger blocks for 5 s; starting the thread is all
         assert fired_on == ["events-trigger"]
     finally:
         release.set()
