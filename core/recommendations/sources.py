@@ -6,13 +6,14 @@ change shows within CATEGORY_CACHE_SECONDS)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.db.models import Q
 
 from core.catalog.models import Item
@@ -20,6 +21,8 @@ from core.events.models import Event
 from core.features import selectors as features
 
 from .ranking import Candidate
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,11 @@ def shopper(user_id: str) -> Shopper:
     purchases than the history keeps). Both follow the feature pipeline (seconds behind)."""
     if not user_id:
         return Shopper()
-    view = features.user_features(user_id=user_id)
+    try:
+        view = features.user_features(user_id=user_id)
+    except DatabaseError:  # not in the feature store, and PostgreSQL is out of reach: a newcomer
+        logger.warning("shopper %r: the database is out of reach, serving them as new", user_id)
+        return Shopper()
     if view is None:
         return Shopper()
     length = settings.RECOMMENDATIONS_HISTORY_LENGTH
@@ -59,7 +66,11 @@ def shopper(user_id: str) -> Shopper:
     seen = [entry.item_id for entry in view.history if entry.type in types]
     if len(seen) >= sum(view.counts.get(kind, 0) for kind in types):
         return Shopper(history, set(seen))
-    return Shopper(history, items_not_to_repeat(user_id))
+    try:
+        return Shopper(history, items_not_to_repeat(user_id))
+    except DatabaseError:  # the older ones cannot be read now: at least those the history holds
+        logger.warning("shopper %r: the database is out of reach, older purchases unknown", user_id)
+        return Shopper(history, set(seen))
 
 
 def items_not_to_repeat(user_id: str) -> set[str]:
@@ -129,10 +140,15 @@ def recommendable_categories(item_ids: Iterable[str]) -> dict[str, str]:
     missing = [item_id for item_id in ids if item_id not in known]
     hidden: set[str] = set()
     if missing:
-        rows = _catalog_rows(missing)
-        found = {external_id: category for external_id, category, _ in rows}
-        hidden = {external_id for external_id, _, shown in rows if not shown}
-        known.update({item_id: found.get(item_id) for item_id in missing})
+        try:
+            rows = _catalog_rows(missing)
+        except DatabaseError:  # PostgreSQL out of reach: only items this process knows are shown
+            logger.warning("catalog: the database is out of reach, %d items left out", len(missing))
+            hidden = set(missing)
+        else:
+            found = {external_id: category for external_id, category, _ in rows}
+            hidden = {external_id for external_id, _, shown in rows if not shown}
+            known.update({item_id: found.get(item_id) for item_id in missing})
     categories = {
         item_id: category
         for item_id in ids
@@ -143,13 +159,28 @@ def recommendable_categories(item_ids: Iterable[str]) -> dict[str, str]:
 
 
 def item_exists(item_id: str) -> bool:
-    return Item.objects.filter(external_id=item_id, deleted_at__isnull=True).exists()
+    try:
+        return Item.objects.filter(external_id=item_id, deleted_at__isnull=True).exists()
+    except DatabaseError:
+        if _categories.get(item_id) is None:  # unknown to this process too: no honest answer
+            raise
+        return True
 
 
 def category_exists(category: str) -> bool:
-    return Item.objects.filter(
-        Q(category=category) | Q(category__startswith=category + "/"), deleted_at__isnull=True
-    ).exists()
+    try:
+        return Item.objects.filter(
+            Q(category=category) | Q(category__startswith=category + "/"), deleted_at__isnull=True
+        ).exists()
+    except DatabaseError:
+        prefix = category + "/"
+        if not any(
+            known == category or known.startswith(prefix)
+            for known in list(_categories.values())
+            if known is not None
+        ):
+            raise
+        return True
 
 
 def popular_items(*, category: str | None, window: str | None, limit: int) -> list[Candidate]:

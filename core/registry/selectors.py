@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.db.models import Q
 from django.utils import timezone
 
@@ -43,16 +44,25 @@ def business_rules_active(
         Q(ends_at__isnull=True) | Q(ends_at__gt=moment),
         enabled=True,
     )
-    rules = [
-        ActiveRule(
-            kind=RuleKind(row.kind),
-            item_ids=frozenset(row.item_ids),
-            category=row.category,
-            factor=row.factor,
-            position=row.position,
-        )
-        for row in rows
-    ]
+    try:
+        rules = [
+            ActiveRule(
+                kind=RuleKind(row.kind),
+                item_ids=frozenset(row.item_ids),
+                category=row.category,
+                factor=row.factor,
+                position=row.position,
+            )
+            for row in rows
+        ]
+    except DatabaseError:
+        if now is not None or _rules_cache is None:
+            raise
+        # The database is out of reach: the rules last read stay in force (nobody can edit them
+        # meanwhile); the read path goes on serving.
+        logger.warning("business rules: the database is out of reach, keeping the last read")
+        _rules_cache = (time.monotonic() + RULES_TTL_SECONDS, _rules_cache[1])
+        return _rules_cache[1]
     if now is None:
         _rules_cache = (time.monotonic() + RULES_TTL_SECONDS, rules)
     return rules

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import threading
@@ -9,6 +10,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.db import DatabaseError
 from django.utils import timezone
 
 from .models import ApiKey
@@ -16,7 +18,9 @@ from .scopes import parse_scopes
 
 KEY_PREFIX = "rk_"
 # Keys are looked up on every request; a short in-process cache spares the database. A revoked
-# key stops working in this process at once and in others within this many seconds.
+# key stops working in this process at once and in others within this many seconds. While the
+# database is out of reach, keys this process has seen keep their last answer (nobody can revoke
+# one then: revoking writes to the database), so the read path goes on serving.
 _LOOKUP_TTL_SECONDS = 10.0
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -58,9 +62,9 @@ class _LookupCache:
         self._entries: dict[str, tuple[float, ApiKey | None]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key_hash: str) -> tuple[bool, ApiKey | None]:
+    def get(self, key_hash: str, *, stale: bool = False) -> tuple[bool, ApiKey | None]:
         entry = self._entries.get(key_hash)
-        if entry is None or entry[0] < time.monotonic():
+        if entry is None or (entry[0] < time.monotonic() and not stale):
             return False, None
         return True, entry[1]
 
@@ -85,12 +89,20 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
     key_hash = hash_key(raw_key)
     found, api_key = _cache.get(key_hash)
     if not found:
-        api_key = ApiKey.objects.filter(key_hash=key_hash, revoked_at__isnull=True).first()
-        _cache.put(key_hash, api_key)
+        try:
+            api_key = ApiKey.objects.filter(key_hash=key_hash, revoked_at__isnull=True).first()
+        except DatabaseError:
+            found, api_key = _cache.get(key_hash, stale=True)
+            if not found:
+                raise
+        else:
+            _cache.put(key_hash, api_key)
     if api_key is None:
         return None
     now = timezone.now()
     if api_key.last_used_at is None or now - api_key.last_used_at > _LAST_USED_RESOLUTION:
         api_key.last_used_at = now
-        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        # A bookkeeping write: with the database out of reach, the next request after makes it.
+        with contextlib.suppress(DatabaseError):
+            ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
     return api_key

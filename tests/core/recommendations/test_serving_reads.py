@@ -266,3 +266,37 @@ def test_a_known_shoppers_answer_needs_no_sql_once_the_hot_set_is_ready(
         if "recommendations_impression" not in q["sql"] and q["sql"] not in ("BEGIN", "COMMIT")
     ]
     assert other == []
+
+
+def test_recommendations_go_on_while_postgresql_is_out_of_reach(
+    serving, catalog, post_events, reader, monkeypatch
+):
+    """What `make chaos` (fault "postgres") showed: the read path must not need the database."""
+    from django.db import OperationalError
+
+    from core.registry import selectors as registry_selectors
+    from core.system import services as system_services
+
+    post_events({"user_id": "u1", "item_id": "item-1", "type": "view"})
+    features_catalog_sync(full=True)
+    warm = reader.get(URL.format("u1"), {"count": 5})
+    assert warm.json()["source"] == "model"
+    # Every per-process cache past its time: the next read would ask the database.
+    system_services._cache._entries = {
+        key: (0.0, value) for key, (_, value) in system_services._cache._entries.items()
+    }
+    monkeypatch.setattr(
+        registry_selectors, "_rules_cache", (0.0, registry_selectors._rules_cache[1])
+    )
+
+    def database_down(execute, sql, params, many, context):
+        raise OperationalError("connection refused")
+
+    with connection.execute_wrapper(database_down):
+        cached = reader.get(URL.format("u1"), {"count": 5})
+        fresh = reader.get(URL.format("u1"), {"count": 5, "session_items": "item-3"})
+        newcomer = reader.get(URL.format("newcomer"), {"count": 5, "session_items": "item-4"})
+
+    assert [cached.json()["source"], fresh.json()["source"]] == ["cache", "model"]
+    assert ids(cached) == ids(warm)
+    assert newcomer.status_code == 200 and newcomer.json()["source"] == "model"
