@@ -70,7 +70,17 @@ def partitions_ensure(*, timestamps: Iterable[datetime]) -> list[str]:
     """Create the monthly partitions these timestamps need; the names created."""
     if not is_partitioned():
         return []
-    months = {month_of(moment) for moment in timestamps} - _known_months
+    moments = timestamps if isinstance(timestamps, (list, tuple, set, frozenset)) else [*timestamps]
+    if not moments:
+        return []
+    # Usually every month between the earliest and the latest is known: min and max (in C) say
+    # so without a month computed per event (a fifth of an import chunk's Python otherwise).
+    month, last = month_of(min(moments)), month_of(max(moments))
+    while month in _known_months and month < last:
+        month = next_month(month)
+    if month == last and month in _known_months:
+        return []
+    months = {month_of(moment) for moment in moments} - _known_months
     if not months:
         return []
     created: list[str] = []

@@ -78,6 +78,21 @@ SELECT s.event_id, s.user_id, s.item_id, s.session_id, s.type, s.value, s.timest
 FROM {_STAGE} s
 ORDER BY date_trunc('month', s.timestamp), s.user_id, s.timestamp
 """  # noqa: S608
+# The same with the keys claimed in the statement (sorted bytewise, like every claim), the fresh
+# ones picked by a hash semi-join.
+_CLAIM_AND_INSERT_FROM_STAGE = f"""
+WITH fresh AS (
+    INSERT INTO events_eventkey (event_id, received_at)
+    SELECT event_id, %(now)s FROM {_STAGE} ORDER BY event_id
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+)
+INSERT INTO events_event ({_COLUMNS})
+SELECT s.event_id, s.user_id, s.item_id, s.session_id, s.type, s.value, s.timestamp, %(now)s,
+       s.recommendation_id, s.context::jsonb
+FROM {_STAGE} s WHERE s.event_id IN (SELECT event_id FROM fresh)
+ORDER BY date_trunc('month', s.timestamp), s.user_id, s.timestamp
+"""  # noqa: S608
 
 
 @dataclass
@@ -192,14 +207,11 @@ def events_store_prepared(*, prepared: PreparedEvents) -> IngestResult:
     partitions.partitions_ensure(timestamps=(row[0].timestamp for row in rows))
     now = timezone.now()
     with transaction.atomic():
-        with pg_cursor() as cursor:
-            cursor.execute(_CLAIM_KEYS, [now, [row[0].event_id for row in rows]])
-            fresh = {found[0] for found in cursor.fetchall()}
-        if len(fresh) < len(rows):
-            result.duplicates += len(rows) - len(fresh)
-            rows = [row for row in rows if row[0].event_id in fresh]
-        accepted = _store_postgresql(rows, now, use_copy=True) if rows else 0
+        # Keys claimed from the staging table in the storing statement itself: no key list sent
+        # as an array nor the fresh ones sent back (the ids are resolved already).
+        accepted = _store_postgresql(rows, now, use_copy=True, claim=True)
         result.accepted += accepted
+        result.duplicates += len(rows) - accepted
         if accepted:
             user_ids = frozenset(row[1] for row in rows)
             transaction.on_commit(
@@ -460,7 +472,11 @@ def _resolve(
     return found
 
 
-def _store_postgresql(batch: list[_Row], now: datetime, *, use_copy: bool) -> int:
+def _store_postgresql(
+    batch: list[_Row], now: datetime, *, use_copy: bool, claim: bool = False
+) -> int:
+    """Store rows whose keys are claimed already; with `claim` (COPY only), claim them in the
+    same statement and store those that were new. How many were stored."""
     with pg_cursor() as cursor:
         if not use_copy:
             events = [row[0] for row in batch]
@@ -500,7 +516,7 @@ def _store_postgresql(batch: list[_Row], now: datetime, *, use_copy: bool) -> in
                         e.context,
                     )
                 )
-        cursor.execute(_INSERT_FROM_STAGE, {"now": now})
+        cursor.execute(_CLAIM_AND_INSERT_FROM_STAGE if claim else _INSERT_FROM_STAGE, {"now": now})
         return cursor.rowcount
 
 
