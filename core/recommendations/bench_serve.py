@@ -6,7 +6,10 @@ It builds a dedicated database (BENCH_DATABASE_URL, default `recommender_bench_s
 local PostgreSQL; its name must contain "bench", it is flushed) and starts a redis-server of its
 own on a free port (or uses BENCH_REDIS_URL, flushed): 10,000 items, 2,000 shoppers with
 histories computed by the feature pipeline, a 64-d contract model (`ml.serving.contract_model`)
-served by the local model server, and gunicorn (2 workers x 4 threads, as `make demo`). Then,
+served by the local model server, and gunicorn: 2 gthread workers of 1 thread each by default
+(one request at a time per process measured best on two cores: no GIL contention between a
+process's threads; `make demo` and docker-compose run 2 x 4, which keeps more requests in flight
+when a backend is slow; `--threads 4` measures that). Then,
 open loop (each request has a fixed send time; latency counts from that time, so a server that
 falls behind is charged for the queue), loopback only, bounded in count and time:
 
@@ -430,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--light-rate", type=float, default=20.0, help="the light phases' rate")
     parser.add_argument("--light-seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--threads", type=int, default=1, help="threads per gunicorn worker")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     if not (1 <= args.seconds <= 120 and 1 <= args.light_seconds <= 120):
