@@ -17,6 +17,11 @@ from django.db import connection
 
 @contextmanager
 def pg_cursor() -> Iterator[psycopg.Cursor]:
+    """As Django's own cursors: a connection the server dropped (a restart) is replaced before
+    use (CONN_HEALTH_CHECKS), and an error through this cursor marks the connection, so that it
+    is closed at the end of the request rather than failing every request for CONN_MAX_AGE."""
+    if not connection.in_atomic_block:
+        connection.close_if_health_check_failed()
     connection.ensure_connection()
-    with psycopg.Cursor(connection.connection) as cursor:
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         yield cursor
