@@ -1,8 +1,11 @@
 """Per-key rate limits by scope: `API_RATE_LIMITS`, answered with 429 and `Retry-After`.
 
-A fixed window per (key, scope, period): one pipelined INCR + EXPIRE on Redis, so one round trip
-per request. A window lets a client send up to twice its rate across a window boundary; that is
-the price of one round trip, and fine for a limit meant to stop runaway clients.
+A fixed window per (key, scope, period), counted on Redis. Each web process takes its tokens in
+blocks (1% of the limit, at least 1: one pipelined INCRBY + EXPIRE), so a busy key costs one
+round trip per block rather than per request. A process may hold one block it does not use up, so
+with P processes a client can be refused up to P x block requests early within a window; it is
+never let through over its limit. A window lets a client send up to twice its rate across a
+window boundary; fine for a limit meant to stop runaway clients.
 
 With REDIS_URL unset (the embedded default) the counters live in each process, so the limit holds
 per web process rather than across them.
@@ -57,6 +60,7 @@ class _RedisCounter:
         self._url: str | None = None
         self._down_until = 0.0
         self._lock = threading.Lock()
+        self._leases: dict[str, int] = {}  # window key -> tokens this process may still use
 
     def _get_client(self, url: str) -> redis.Redis:
         if self._client is None or self._url != url:
@@ -67,14 +71,33 @@ class _RedisCounter:
                 self._url = url
         return self._client
 
-    def hit(self, url: str, key: str, ttl: int) -> int | None:
-        """The count in this window after this request, or None when Redis cannot tell."""
+    def take(self, url: str, key: str, ttl: int, limit: int) -> bool | None:
+        """Whether this request is within `limit` in this window (key), from this process's
+        leased tokens or a new block from Redis; None when Redis cannot tell."""
+        with self._lock:
+            left = self._leases.get(key, 0)
+            if left > 0:
+                self._leases[key] = left - 1
+                return True
+        block = max(1, limit // 100)
+        count = self._incr(url, key, ttl, block)
+        if count is None:
+            return None
+        granted = max(0, min(block, limit - (count - block)))
+        with self._lock:
+            if len(self._leases) > 10_000:  # windows gone by: dead weight
+                self._leases.clear()
+            self._leases[key] = self._leases.get(key, 0) + max(0, granted - 1)
+        return granted > 0
+
+    def _incr(self, url: str, key: str, ttl: int, by: int) -> int | None:
+        """The count in this window after adding `by`, or None when Redis cannot tell."""
         now = time.monotonic()
         if now < self._down_until:
             return None
         try:
             pipe = self._get_client(url).pipeline(transaction=False)
-            pipe.incr(key)
+            pipe.incrby(key, by)
             pipe.expire(key, ttl)
             count, _ = pipe.execute()
         except redis.RedisError as exc:
@@ -90,6 +113,8 @@ class _RedisCounter:
     def reset(self) -> None:
         self._down_until = 0.0
         self._client = None
+        with self._lock:
+            self._leases.clear()
 
 
 class _LocalCounter:
@@ -145,10 +170,10 @@ class ScopeRateThrottle(BaseThrottle):
         key = f"{_KEY_PREFIX}:{api_key.pk}:{scope}:{period}:{window}"
         redis_url = getattr(settings, "REDIS_URL", None)
         if redis_url:
-            count = _redis_counter.hit(redis_url, key, period + 1)
-        else:
-            count = _local_counter.hit(key, window)
-        if count is None or count <= requests:
+            allowed = _redis_counter.take(redis_url, key, period + 1, requests)
+            if allowed is None or allowed:
+                return True
+        elif _local_counter.hit(key, window) <= requests:
             return True
         # Whole seconds, at least one: Retry-After takes an integer.
         self._wait = max(1, math.ceil((window + 1) * period - now))

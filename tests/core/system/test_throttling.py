@@ -1,4 +1,5 @@
 import logging
+from unittest import mock
 
 import pytest
 import redis
@@ -139,3 +140,30 @@ def test_a_throttled_request_costs_one_redis_round_trip(settings, make_client, m
     assert len(throttle_trips) == 1, trips
     assert throttle_trips[0].startswith("INCRBY rec:throttle:")
     assert " EXPIRE rec:throttle:" in throttle_trips[0]
+
+
+@pytest.mark.skipif(not django_settings.REDIS_URL, reason="needs REDIS_URL")
+def test_tokens_are_leased_in_blocks_and_the_limit_holds_across_processes(settings):
+    from core.system.throttling import _RedisCounter
+
+    # given: two web processes (two counters) sharing one key's window, limit 300 (blocks of 3)
+    first, second = _RedisCounter(), _RedisCounter()
+    key = "rec:throttle:test-lease:1"
+    redis.Redis.from_url(settings.REDIS_URL).delete(key)
+    trips: list[int] = []
+    real_incr = _RedisCounter._incr
+
+    def counting_incr(self, *args, **kwargs):
+        trips.append(1)
+        return real_incr(self, *args, **kwargs)
+
+    # when: they take turns until both are refused
+    with mock.patch.object(_RedisCounter, "_incr", counting_incr):
+        granted = 0
+        for _ in range(400):
+            for counter in (first, second):
+                granted += bool(counter.take(settings.REDIS_URL, key, 5, 300))
+
+    # then: exactly the limit, one round trip per block while under it
+    assert granted == 300
+    assert len(trips) - (800 - 300) == 100
