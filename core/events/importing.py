@@ -213,18 +213,23 @@ def _csv_chunks(
             return
         first, line = line + 1, line + len(batch)
         unreadable: list[RowError] = []
-        rows: list[list[str]] = []
-        lines: list[int] = []
-        for number, values in enumerate(batch, start=first):
-            if len(values) != width:
-                unreadable.append(
-                    RowError(
-                        number, None, "unreadable", f"expected {width} columns, got {len(values)}"
+        rows: list[list[str]] = batch
+        lines: list[int] = list(range(first, line + 1))
+        if set(map(len, batch)) != {width}:
+            rows, lines = [], []
+            for number, values in enumerate(batch, start=first):
+                if len(values) != width:
+                    unreadable.append(
+                        RowError(
+                            number,
+                            None,
+                            "unreadable",
+                            f"expected {width} columns, got {len(values)}",
+                        )
                     )
-                )
-            else:
-                rows.append(values)
-                lines.append(number)
+                else:
+                    rows.append(values)
+                    lines.append(number)
         if "context" in positions:
             # JSON cells: row by row (a cell that is not JSON makes its row unreadable).
             raw: list[Any] = []
@@ -244,9 +249,14 @@ def _csv_chunks(
             )
             continue
         # Plain cells: validated column by column (EventValidator.validate_text_columns).
-        columns = {target: [values[p] for values in rows] for target, p in positions.items()}
+        cells = list(zip(*rows, strict=True)) if rows else [()] * width  # column by column
+        columns = {target: list(cells[p]) for target, p in positions.items()}
         if not has_event_id:
-            columns["event_id"] = [_event_id(type_tag + "\x1f".join(values)) for values in rows]
+            join = "\x1f".join
+            columns["event_id"] = [
+                "imp:" + text if len(text := type_tag + join(values)) <= 120 else _event_id(text)
+                for values in rows
+            ]
         if "type" in columns:
             if default_type is not None:
                 columns["type"] = [text or default_type for text in columns["type"]]
@@ -347,9 +357,7 @@ def _load(
     writers: int,
 ) -> ImportReport:
     report = ImportReport(
-        path="COPY into a staging table (PostgreSQL)"
-        if is_partitioned()
-        else "bulk INSERT (not PostgreSQL: no COPY)"
+        path="COPY (PostgreSQL)" if is_partitioned() else "bulk INSERT (not PostgreSQL: no COPY)"
     )
     started = time.perf_counter()
     id_cache: dict[tuple[str, str], int] = {}

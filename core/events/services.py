@@ -11,12 +11,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 import orjson
+import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
+from psycopg.errors import UniqueViolation
+from psycopg.types.json import Jsonb
 
 from core.catalog.models import Item, User
 from core.catalog.postgres import pg_cursor
@@ -78,6 +82,22 @@ SELECT s.event_id, s.user_id, s.item_id, s.session_id, s.type, s.value, s.timest
 FROM {_STAGE} s
 ORDER BY date_trunc('month', s.timestamp), s.user_id, s.timestamp
 """  # noqa: S608
+# The import's claim when no key of the chunk is stored yet (the usual case): a plain INSERT of
+# the keys (sent as one array literal), sorted bytewise like every claim; the rows are then COPYed
+# straight into `events_event` (COPY writes each partition's rows in batches, `INSERT ... SELECT`
+# one by one). A taken key makes the claim fail with a unique violation (at once for a re-run, or
+# once a racing retry's transaction commits); the chunk then goes back to its savepoint and takes
+# the staging table and `_CLAIM_AND_INSERT_FROM_STAGE`, as before. What it saves per 20,000 rows
+# (EXPLAIN ANALYZE): ON CONFLICT's speculative insertion (a third WAL record per key: the claim
+# 61 -> 43 ms), the semi-join picking the fresh rows (15-20 ms), the sort, the staging COPY and the
+# row-by-row insert. PostgreSQL's CPU per imported row 9.9 -> 6.2 us (1,000,000 MovieLens rows).
+_CLAIM_ALL = """
+INSERT INTO events_eventkey (event_id, received_at)
+SELECT k, %(now)s FROM unnest(%(keys)s::text[]) AS k ORDER BY k COLLATE "C"
+"""
+_EVENT_TYPES = [
+    "text", "int8", "int8", "text", "text", "float8", "timestamptz", "timestamptz", "text", "jsonb"
+]  # fmt: skip
 # The same with the keys claimed in the statement (sorted bytewise, like every claim), the fresh
 # ones picked by a hash semi-join.
 _CLAIM_AND_INSERT_FROM_STAGE = f"""
@@ -183,13 +203,15 @@ def events_prepare(
     and those already stored count as duplicates (a re-run cannot bring back a forgotten shopper).
     Rejections (auto-insert off) are decided here too."""
     result = IngestResult()
-    unique: dict[str, EventIn] = {}
-    for event in events:
-        if event.event_id in unique:
-            result.duplicates += 1
-        else:
-            unique[event.event_id] = event
-    batch = list(unique.values())
+    batch = list(events)
+    if len({event.event_id for event in batch}) < len(batch):  # keep the first of each key
+        unique: dict[str, EventIn] = {}
+        for event in batch:
+            if event.event_id in unique:
+                result.duplicates += 1
+            else:
+                unique[event.event_id] = event
+        batch = list(unique.values())
     if not batch:
         return PreparedEvents([], result)
     with transaction.atomic():
@@ -207,8 +229,8 @@ def events_store_prepared(*, prepared: PreparedEvents) -> IngestResult:
     partitions.partitions_ensure(timestamps=(row[0].timestamp for row in rows))
     now = timezone.now()
     with transaction.atomic():
-        # Keys claimed from the staging table in the storing statement itself: no key list sent
-        # as an array nor the fresh ones sent back (the ids are resolved already).
+        # Keys claimed in one statement, then the rows COPYed; when a key is taken, claimed from
+        # a staging table in the storing statement itself (see `_CLAIM_ALL`).
         accepted = _store_postgresql(rows, now, use_copy=True, claim=True)
         result.accepted += accepted
         result.duplicates += len(rows) - accepted
@@ -369,26 +391,40 @@ def _resolve_ids(
     cache = id_cache if id_cache is not None else {}
     auto_users = settings.CATALOG_AUTO_INSERT_USERS
     auto_items = settings.CATALOG_AUTO_INSERT_ITEMS
-    user_ids = _resolve(User, "u", {event.user_id for event in batch}, False, cache)
-    item_ids = _resolve(Item, "i", {event.item_id for event in batch}, False, cache)
-    # Decide rejections before creating anything, so a rejected event leaves no trace.
-    kept = []
-    for event in batch:
-        bad = False
-        if not auto_users and event.user_id not in user_ids:
-            result.errors.append(
-                RowError(event.index, "user_id", "unknown_user", "no such user (auto-insert off)")
-            )
-            bad = True
-        if not auto_items and event.item_id not in item_ids:
-            result.errors.append(
-                RowError(event.index, "item_id", "unknown_item", "no such item (auto-insert off)")
-            )
-            bad = True
-        if not bad:
-            kept.append(event)
-    missing_users = {e.user_id for e in kept if e.user_id not in user_ids}
-    missing_items = {e.item_id for e in kept if e.item_id not in item_ids}
+    named_users = {event.user_id for event in batch}
+    named_items = {event.item_id for event in batch}
+    user_ids = _resolve(User, "u", named_users, False, cache)
+    item_ids = _resolve(Item, "i", named_items, False, cache)
+    if len(user_ids) == len(named_users) and len(item_ids) == len(named_items):
+        # Every id is known (most chunks of a long import): nothing to reject or create.
+        return [(e, user_ids[e.user_id], item_ids[e.item_id]) for e in batch]
+    if auto_users and auto_items:  # nothing to reject: the missing ids, by set difference
+        kept = batch
+        missing_users = named_users - user_ids.keys()
+        missing_items = named_items - item_ids.keys()
+    else:
+        # Decide rejections before creating anything, so a rejected event leaves no trace.
+        kept = []
+        for event in batch:
+            bad = False
+            if not auto_users and event.user_id not in user_ids:
+                result.errors.append(
+                    RowError(
+                        event.index, "user_id", "unknown_user", "no such user (auto-insert off)"
+                    )
+                )
+                bad = True
+            if not auto_items and event.item_id not in item_ids:
+                result.errors.append(
+                    RowError(
+                        event.index, "item_id", "unknown_item", "no such item (auto-insert off)"
+                    )
+                )
+                bad = True
+            if not bad:
+                kept.append(event)
+        missing_users = {e.user_id for e in kept if e.user_id not in user_ids}
+        missing_items = {e.item_id for e in kept if e.item_id not in item_ids}
     if missing_users or missing_items:
         # Only new events may create users/items: a retry must change nothing, not even bring
         # back a shopper who was forgotten meanwhile. Events already stored are duplicates.
@@ -453,15 +489,10 @@ def _resolve(
     create: bool,
     cache: dict[tuple[str, str], int],
 ) -> dict[str, int]:
-    found = {}
-    wanted = []
-    for ext in external_ids:
-        pk = cache.get((kind, ext))
-        if pk is None:
-            wanted.append(ext)
-        else:
-            found[ext] = pk
-    if wanted:
+    get = cache.get
+    found = {ext: pk for ext in external_ids if (pk := get((kind, ext))) is not None}
+    if len(found) < len(external_ids):
+        wanted = [ext for ext in external_ids if ext not in found]
         fetched = catalog_ids_resolve(model=model, external_ids=wanted, create_missing=create)
         found.update(fetched)
         if cache is not None:
@@ -496,28 +527,77 @@ def _store_postgresql(
                 },
             )
             return cursor.rowcount
-        cursor.execute(_CREATE_STAGE)
         cursor.execute("SET LOCAL jit = off")
-        # Binary COPY: psycopg encodes the rows in C (a fifth of the text format's CPU).
-        with cursor.copy(f"COPY {_STAGE} ({_STAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(_STAGE_TYPES)
-            write_row = copy.write_row
-            for e, user_pk, item_pk in batch:
-                write_row(
-                    (
-                        e.event_id,
-                        user_pk,
-                        item_pk,
-                        e.session_id,
-                        e.type,
-                        e.value,
-                        e.timestamp,
-                        e.recommendation_id,
-                        e.context,
-                    )
-                )
-        cursor.execute(_CLAIM_AND_INSERT_FROM_STAGE if claim else _INSERT_FROM_STAGE, {"now": now})
+        if claim:
+            try:
+                with transaction.atomic():  # a savepoint: a taken key undoes the claim only
+                    cursor.execute(_CLAIM_ALL, {"now": now, "keys": _text_array(batch)})
+            except UniqueViolation:  # a key of the chunk is taken: key by key, from a stage
+                _copy_to_stage(cursor, batch)
+                cursor.execute(_CLAIM_AND_INSERT_FROM_STAGE, {"now": now})
+                return cursor.rowcount
+            _copy_events(cursor, batch, now)
+            return len(batch)
+        _copy_to_stage(cursor, batch)
+        cursor.execute(_INSERT_FROM_STAGE, {"now": now})
         return cursor.rowcount
+
+
+def _text_array(batch: list[_Row]) -> str | list[str]:
+    """The rows' keys as a PostgreSQL array literal, joined in C (psycopg dumps a list of
+    strings element by element in Python: a tenth of the import's client CPU per row); a list
+    when a key holds a character the literal would have to escape."""
+    keys = [row[0].event_id for row in batch]
+    text = '","'.join(keys)
+    if text.count('"') != 2 * (len(keys) - 1) or "\\" in text:  # a key holds `"` or `\`
+        return keys
+    return '{"' + text + '"}'
+
+
+def _copy_to_stage(cursor: psycopg.Cursor, batch: list[_Row]) -> None:
+    cursor.execute(_CREATE_STAGE)
+    # Binary COPY: psycopg encodes the rows in C (a fifth of the text format's CPU).
+    with cursor.copy(f"COPY {_STAGE} ({_STAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(_STAGE_TYPES)
+        write_row = copy.write_row
+        for e, user_pk, item_pk in batch:
+            write_row(
+                (
+                    e.event_id,
+                    user_pk,
+                    item_pk,
+                    e.session_id,
+                    e.type,
+                    e.value,
+                    e.timestamp,
+                    e.recommendation_id,
+                    e.context,
+                )
+            )
+
+
+def _copy_events(cursor: psycopg.Cursor, batch: list[_Row], now: datetime) -> None:
+    """COPY rows whose keys are claimed into `events_event`, in user order (stable: a file's
+    own order within a shopper), so each partition's (user_id, timestamp) index is written leaf
+    after leaf rather than at random."""
+    with cursor.copy(f"COPY events_event ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(_EVENT_TYPES)
+        write_row = copy.write_row
+        for e, user_pk, item_pk in sorted(batch, key=itemgetter(1)):
+            write_row(
+                (
+                    e.event_id,
+                    user_pk,
+                    item_pk,
+                    e.session_id,
+                    e.type,
+                    e.value,
+                    e.timestamp,
+                    now,
+                    e.recommendation_id,
+                    None if e.context is None else Jsonb(e.context, dumps=str),  # JSON already
+                )
+            )
 
 
 def _store_portable(batch: list[_Row], now: datetime) -> int:

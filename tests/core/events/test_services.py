@@ -12,7 +12,12 @@ from django.db import connection, connections, transaction
 from core.events import partitions
 from core.events.models import Event, EventKey
 from core.events.selectors import events_after
-from core.events.services import events_ingest, events_retention_apply
+from core.events.services import (
+    events_ingest,
+    events_prepare,
+    events_retention_apply,
+    events_store_prepared,
+)
 from core.events.validation import EventValidator
 
 postgresql_only = pytest.mark.skipif(
@@ -249,3 +254,68 @@ def test_a_retry_after_forgetting_the_shopper_creates_nothing(use_copy):
     assert not User.objects.filter(external_id="forgotten").exists()
     assert not Item.objects.filter(external_id__startswith="new-").exists()
     assert Event.objects.count() == 0
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("overlap", ["racing retry", "half of the chunk stored before"])
+def test_import_store_claims_each_key_once(overlap):
+    # given: the import's store (a plain claim, falling back to key by key when a key is taken)
+    events = batch(200, value=2.5, context={"page": "home"}, recommendation_id="r-1")
+    if overlap == "half of the chunk stored before":
+        cache: dict = {}
+        events_store_prepared(prepared=events_prepare(events=events[::2], id_cache=cache))
+        result = events_store_prepared(prepared=events_prepare(events=events, id_cache=cache))
+        assert (result.accepted, result.duplicates) == (100, 100)
+    else:
+        first_claimed, release_first = threading.Event(), threading.Event()
+        results = {}
+
+        def first():
+            try:
+                with transaction.atomic():
+                    results["first"] = events_store_prepared(
+                        prepared=events_prepare(events=events, id_cache={})
+                    )
+                    first_claimed.set()
+                    release_first.wait(10)
+            finally:
+                connections.close_all()
+
+        def second():
+            try:
+                first_claimed.wait(10)
+                results["second"] = events_store_prepared(
+                    prepared=events_prepare(events=events, id_cache={})
+                )
+            finally:
+                connections.close_all()
+
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for thread in threads:
+            thread.start()
+        first_claimed.wait(10)
+
+        def second_is_waiting_on_a_lock() -> bool:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                return cursor.fetchone()[0] > 0
+
+        wait_until(second_is_waiting_on_a_lock)
+        release_first.set()
+        for thread in threads:
+            thread.join(20)
+        assert (results["first"].accepted, results["second"].accepted) == (200, 0)
+        assert results["second"].duplicates == 200
+
+    # then: every event once, as sent (the context is the same JSON through either COPY)
+    assert Event.objects.count() == 200
+    assert EventKey.objects.count() == 200
+    stored = Event.objects.get(event_id="e-3")
+    assert (stored.value, stored.recommendation_id) == (2.5, "r-1")
+    assert stored.context == {"page": "home"}
+    assert stored.user.external_id == "u-3"
+    assert {e.context["page"] for e in Event.objects.all()} == {"home"}
