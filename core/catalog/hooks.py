@@ -51,7 +51,6 @@ def items_restored(*, external_ids: Collection[str]) -> None:
                 external_id__in=list(external_ids), deleted_at__isnull=True, available=True
             ).values_list("external_id", flat=True)
         )
-        for start in range(0, len(back), 10_000):
-            store.srem(hotstore.UNAVAILABLE, *back[start : start + 10_000])
+        hotstore.unavailable_update(store, remove=back)
     except Exception:  # the catalog sync of the next sweep puts it right
         logger.warning("catalog: could not mark items available", exc_info=True)

@@ -27,6 +27,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -37,6 +38,10 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "feat:"
 UNAVAILABLE = "feat:unavailable"
+# Bumped with every change of UNAVAILABLE, so a web process may keep the flags it read while the
+# version stays the same. It starts from the clock when Redis has none (after a flush or restart),
+# so a number a process cached before is not seen again.
+UNAVAILABLE_VERSION = "feat:unavailable:version"
 WINDOWS: dict[str, float] = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}  # half-lives
 ZSET_WINDOWS = ("all", *WINDOWS)
 # How long serving skips Redis after an error, so a dead Redis costs microseconds per request.
@@ -91,6 +96,30 @@ def category_prefixes(category: str) -> list[str]:
     """'a/b/c' -> ['a', 'a/b', 'a/b/c']: an item is popular in its node and every ancestor."""
     parts = [part for part in category.strip("/").split("/") if part]
     return ["/".join(parts[: index + 1]) for index in range(len(parts))]
+
+
+def unavailable_changed(pipe: Any) -> None:
+    """Queue the version bump of UNAVAILABLE on `pipe`, after the change itself."""
+    pipe.set(UNAVAILABLE_VERSION, time.time_ns(), nx=True)
+    pipe.incr(UNAVAILABLE_VERSION)
+
+
+def unavailable_update(
+    store: redis.Redis, *, add: Sequence[str] = (), remove: Sequence[str] = ()
+) -> int:
+    """SADD `add`, SREM `remove` (10,000 a command), then bump the version if that changed the
+    set; how many members changed."""
+    pipe = store.pipeline(transaction=False)
+    for start in range(0, len(add), 10_000):
+        pipe.sadd(UNAVAILABLE, *add[start : start + 10_000])
+    for start in range(0, len(remove), 10_000):
+        pipe.srem(UNAVAILABLE, *remove[start : start + 10_000])
+    changed = sum(pipe.execute()) if add or remove else 0
+    if changed:
+        pipe = store.pipeline(transaction=False)
+        unavailable_changed(pipe)
+        pipe.execute()
+    return int(changed)
 
 
 def client(purpose: str = "serve") -> redis.Redis | None:

@@ -57,6 +57,9 @@ class UserFeaturesView:
     weight_sum: float
     last_event_at: float
     history: list[HistoryEntry]
+    # The version of the hot set of unavailable items at this read (None: not read from Redis):
+    # flags read from the set may be reused while it stays the same.
+    unavailable_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,10 +116,12 @@ def _user_blob(user_id: str) -> dict[str, Any] | None:
             pipe = store.pipeline(transaction=False)
             pipe.get(key)
             pipe.zrange(history_key, 0, -1, withscores=True)
-            raw, members = pipe.execute()
+            pipe.get(hotstore.UNAVAILABLE_VERSION)
+            raw, members, version = pipe.execute()
             if raw is not None:
                 blob = orjson.loads(raw)
                 blob["h"] = [hotstore_history(member, score) for member, score in members]
+                blob["uv"] = int(version) if version is not None else None
                 return blob
         except redis.RedisError as exc:
             hotstore.mark_down(exc)
@@ -165,6 +170,7 @@ def user_features(*, user_id: str) -> UserFeaturesView | None:
         weight_sum=blob["w"],
         last_event_at=blob["t"],
         history=_entries(blob["h"]),
+        unavailable_version=blob.get("uv"),
     )
 
 

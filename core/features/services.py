@@ -182,18 +182,14 @@ def features_catalog_sync(*, full: bool = False) -> dict[str, int]:
             else:
                 pipe.delete(hotstore.UNAVAILABLE)
             pipe.set(hotstore.marker_key("catalog"), started.isoformat())
+            hotstore.unavailable_changed(pipe)
             pipe.execute()
             result = {"added": len(unavailable), "removed": 0}
         else:
             changed = Item.objects.filter(updated_at__gte=mark.synced_at - _CATALOG_OVERLAP)
             gone = [ext for ext, out in _availability(changed) if out]
             back = [ext for ext, out in _availability(changed) if not out]
-            pipe = store.pipeline(transaction=False)
-            if gone:
-                pipe.sadd(hotstore.UNAVAILABLE, *gone)
-            if back:
-                pipe.srem(hotstore.UNAVAILABLE, *back)
-            pipe.execute()
+            hotstore.unavailable_update(store, add=gone, remove=back)
             result = {"added": len(gone), "removed": len(back)}
     except redis.RedisError as exc:
         hotstore.mark_down(exc)
@@ -231,7 +227,7 @@ def features_items_removed(*, item_ids: Collection[int]) -> None:
             if is_out
         ]
         if out:
-            store.sadd(hotstore.UNAVAILABLE, *out)
+            hotstore.unavailable_update(store, add=out)
     except redis.RedisError as exc:
         hotstore.mark_down(exc)
     except Exception:

@@ -191,6 +191,7 @@ def _finish(
     page: int,
     diversity: bool = True,
     writes: Sequence[Entry] = (),
+    unavailable_version: int | None = None,
 ) -> ServedPage:
     """Filters, rules, diversity; store the list (with the request's other cache `writes`, one
     round trip); serve the asked page."""
@@ -198,7 +199,8 @@ def _finish(
     pinned = {item_id for rule in rules if rule.kind is RuleKind.PIN for item_id in rule.item_ids}
     candidates = [c for c in ranked if c.item_id not in exclude]
     categories = sources.recommendable_categories(
-        {c.item_id for c in candidates} | (pinned - exclude)
+        {c.item_id for c in candidates} | (pinned - exclude),
+        unavailable_version=unavailable_version,
     )
     if category:
         categories = {
@@ -329,6 +331,7 @@ def recommendations_for_user(
         count=count,
         page=page,
         writes=writes,
+        unavailable_version=shopper.unavailable_version,
     )
 
 

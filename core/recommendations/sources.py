@@ -42,6 +42,8 @@ SESSION_WEIGHT = settings.EVENT_TYPE_WEIGHTS.get("click", 2.0)
 class Shopper:
     history: list[HistoryEntry] = field(default_factory=list)  # oldest first
     not_to_repeat: set[str] = field(default_factory=set)
+    # The hot set of unavailable items' version seen by the same read (recommendable_categories).
+    unavailable_version: int | None = None
 
 
 def shopper(user_id: str) -> Shopper:
@@ -60,17 +62,18 @@ def shopper(user_id: str) -> Shopper:
         return Shopper()
     length = settings.RECOMMENDATIONS_HISTORY_LENGTH
     history = [HistoryEntry(entry.item_id, entry.weight) for entry in view.history[-length:]]
+    version = view.unavailable_version
     types = set(settings.RECOMMENDATIONS_EXCLUDE_EVENT_TYPES)
     if not types:
-        return Shopper(history)
+        return Shopper(history, unavailable_version=version)
     seen = [entry.item_id for entry in view.history if entry.type in types]
     if len(seen) >= sum(view.counts.get(kind, 0) for kind in types):
-        return Shopper(history, set(seen))
+        return Shopper(history, set(seen), version)
     try:
-        return Shopper(history, items_not_to_repeat(user_id))
+        return Shopper(history, items_not_to_repeat(user_id), version)
     except DatabaseError:  # the older ones cannot be read now: at least those the history holds
         logger.warning("shopper %r: the database is out of reach, older purchases unknown", user_id)
-        return Shopper(history, set(seen))
+        return Shopper(history, set(seen), version)
 
 
 def items_not_to_repeat(user_id: str) -> set[str]:
@@ -97,9 +100,10 @@ _categories_lock = threading.Lock()
 
 
 def categories_cache_clear() -> None:
-    global _categories, _categories_until
+    global _categories, _categories_until, _flags
     with _categories_lock:
         _categories, _categories_until = {}, 0.0
+        _flags = (None, {})
 
 
 def _catalog_rows(ids: list[str]) -> list[tuple[str, str, bool]]:
@@ -122,12 +126,36 @@ def _catalog_rows(ids: list[str]) -> list[tuple[str, str, bool]]:
     ]
 
 
-def recommendable_categories(item_ids: Iterable[str]) -> dict[str, str]:
+# Flags read from the hot set of unavailable items, kept while its version stays the same (every
+# change of the set bumps it): (version, {item: unavailable}).
+_flags: tuple[int | None, dict[str, bool]] = (None, {})
+
+
+def _unavailable(item_ids: list[str], version: int | None) -> set[str]:
+    global _flags
+    if version is None:
+        return features.item_unavailable_among(item_ids)
+    seen_version, flags = _flags
+    if seen_version != version or len(flags) > _CATEGORY_CACHE_MAX:
+        flags = {}
+        _flags = (version, flags)
+    unknown = [item_id for item_id in item_ids if item_id not in flags]
+    if unknown:
+        out = features.item_unavailable_among(unknown)
+        flags.update({item_id: item_id in out for item_id in unknown})
+    return {item_id for item_id in item_ids if flags[item_id]}
+
+
+def recommendable_categories(
+    item_ids: Iterable[str], *, unavailable_version: int | None = None
+) -> dict[str, str]:
     """External id -> category path of those items that may be shown (in the catalog, available).
 
     Availability comes from the feature store's hot set of unavailable items (the database when
-    Redis is down or not yet filled); items this process has not seen yet are read from the
-    database, which also says whether they may be shown."""
+    Redis is down or not yet filled); with the set's `unavailable_version` (read with the
+    shopper's features), flags this process read under the same version are reused, so a
+    repeated candidate costs no round trip. Items this process has not seen yet are read from
+    the database, which also says whether they may be shown."""
     global _categories, _categories_until
     ids = list(dict.fromkeys(item_ids))
     if not ids:
@@ -154,7 +182,7 @@ def recommendable_categories(item_ids: Iterable[str]) -> dict[str, str]:
         for item_id in ids
         if item_id not in hidden and (category := known.get(item_id)) is not None
     }
-    unavailable = features.item_unavailable_among(list(categories)) if categories else set()
+    unavailable = _unavailable(list(categories), unavailable_version) if categories else set()
     return {item_id: c for item_id, c in categories.items() if item_id not in unavailable}
 
 

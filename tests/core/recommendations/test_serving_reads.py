@@ -300,3 +300,31 @@ def test_recommendations_go_on_while_postgresql_is_out_of_reach(
     assert [cached.json()["source"], fresh.json()["source"]] == ["cache", "model"]
     assert ids(cached) == ids(warm)
     assert newcomer.status_code == 200 and newcomer.json()["source"] == "model"
+
+
+def test_availability_flags_are_reused_until_the_hot_set_changes(
+    serving, catalog, post_events, reader, writer, monkeypatch
+):
+    import redis as redis_lib
+
+    post_events({"user_id": "u1", "item_id": "item-1", "type": "view"})
+    features_catalog_sync(full=True)
+    first = ids(reader.get(URL.format("u1"), {"count": 5}))
+    commands: list[str] = []
+    real_execute = redis_lib.client.Pipeline.execute
+
+    def spy(self, *args, **kwargs):
+        commands.extend(str(command[0][0]) for command in self.command_stack)
+        return real_execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis_lib.client.Pipeline, "execute", spy)
+    again = ids(reader.get(URL.format("u1"), {"count": 5}))
+    assert again == first
+    assert "SMISMEMBER" not in commands  # the same version: this process's flags
+
+    put_item(writer, first[0], available=False)  # its commit hook bumps the version
+    commands.clear()
+    after = ids(reader.get(URL.format("u1"), {"count": 5}))
+
+    assert first[0] not in after
+    assert "SMISMEMBER" in commands
