@@ -8,7 +8,7 @@ table for imports); a retry, even a concurrent one, finds the keys taken and sto
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from operator import itemgetter
@@ -349,25 +349,7 @@ def _claim_and_resolve_postgresql(
         known_items = (
             {} if auto_items else _resolve(Item, "i", {e.item_id for e in kept}, False, cache)
         )
-        kept = []
-        for event in batch:
-            bad = False
-            if not auto_users and event.user_id not in known_users:
-                result.errors.append(
-                    RowError(
-                        event.index, "user_id", "unknown_user", "no such user (auto-insert off)"
-                    )
-                )
-                bad = True
-            if not auto_items and event.item_id not in known_items:
-                result.errors.append(
-                    RowError(
-                        event.index, "item_id", "unknown_item", "no such item (auto-insert off)"
-                    )
-                )
-                bad = True
-            if not bad:
-                kept.append(event)
+        kept = _reject_unknown(batch, result, known_users, known_items)
         if not kept:
             return []
     with pg_cursor() as cursor:
@@ -381,6 +363,34 @@ def _claim_and_resolve_postgresql(
     user_ids = _resolve(User, "u", {e.user_id for e in kept}, auto_users, cache)
     item_ids = _resolve(Item, "i", {e.item_id for e in kept}, auto_items, cache)
     return [(e, user_ids[e.user_id], item_ids[e.item_id]) for e in kept]
+
+
+def _reject_unknown(
+    batch: list[EventIn],
+    result: IngestResult,
+    known_users: Mapping[str, int],
+    known_items: Mapping[str, int],
+) -> list[EventIn]:
+    """The events whose user and item exist or may be created (CATALOG_AUTO_INSERT_*); the others
+    get a per-index error in `result`."""
+    auto_users = settings.CATALOG_AUTO_INSERT_USERS
+    auto_items = settings.CATALOG_AUTO_INSERT_ITEMS
+    kept = []
+    for event in batch:
+        bad = False
+        if not auto_users and event.user_id not in known_users:
+            result.errors.append(
+                RowError(event.index, "user_id", "unknown_user", "no such user (auto-insert off)")
+            )
+            bad = True
+        if not auto_items and event.item_id not in known_items:
+            result.errors.append(
+                RowError(event.index, "item_id", "unknown_item", "no such item (auto-insert off)")
+            )
+            bad = True
+        if not bad:
+            kept.append(event)
+    return kept
 
 
 def _resolve_ids(
@@ -404,25 +414,7 @@ def _resolve_ids(
         missing_items = named_items - item_ids.keys()
     else:
         # Decide rejections before creating anything, so a rejected event leaves no trace.
-        kept = []
-        for event in batch:
-            bad = False
-            if not auto_users and event.user_id not in user_ids:
-                result.errors.append(
-                    RowError(
-                        event.index, "user_id", "unknown_user", "no such user (auto-insert off)"
-                    )
-                )
-                bad = True
-            if not auto_items and event.item_id not in item_ids:
-                result.errors.append(
-                    RowError(
-                        event.index, "item_id", "unknown_item", "no such item (auto-insert off)"
-                    )
-                )
-                bad = True
-            if not bad:
-                kept.append(event)
+        kept = _reject_unknown(batch, result, user_ids, item_ids)
         missing_users = {e.user_id for e in kept if e.user_id not in user_ids}
         missing_items = {e.item_id for e in kept if e.item_id not in item_ids}
     if missing_users or missing_items:
