@@ -218,6 +218,24 @@ for _name in ("activity", "neighbours"):
     _advisory_key(_name)
 
 
+def _acquire(
+    try_once: Callable[[], bool], wait: float, when_busy: Callable[[], bool] | None
+) -> bool:
+    """Try `try_once` every 20 ms for `wait` seconds, then `when_busy` once (see consumer_lock)."""
+    deadline = time.monotonic() + wait
+    while True:
+        if try_once():
+            return True
+        if time.monotonic() >= deadline:
+            if when_busy is None:
+                return False
+            if not when_busy():  # no note left: wait as long as anyone
+                deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+            when_busy = None
+            continue
+        time.sleep(0.02)
+
+
 @contextlib.contextmanager
 def consumer_lock(
     name: str, wait: float = _LOCK_WAIT_SECONDS, when_busy: Callable[[], bool] | None = None
@@ -227,22 +245,15 @@ def consumer_lock(
     (then the lock is tried once more, so the note cannot miss a holder that let go meanwhile),
     or returns False (then the wait goes on for the usual time). Released by the operating
     system or PostgreSQL if the process dies."""
-    deadline = time.monotonic() + wait
     if is_postgresql():
         key = _advisory_key(name)
-        got = False
-        while True:
+
+        def try_lock() -> bool:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
-                got = cursor.fetchone()[0]
-            if got or time.monotonic() >= deadline:
-                if got or when_busy is None:
-                    break
-                if not when_busy():  # no note left: wait as long as anyone
-                    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
-                when_busy = None
-                continue
-            time.sleep(0.02)
+                return bool(cursor.fetchone()[0])
+
+        got = _acquire(try_lock, wait, when_busy)
         try:
             yield got
         finally:
@@ -252,21 +263,15 @@ def consumer_lock(
         return
     path = settings.VAR_DIR / f"features-{name}.lock"
     with open(path, "a+") as handle:
-        got = False
-        while True:
+
+        def try_flock() -> bool:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                got = True
             except BlockingIOError:
-                pass
-            if got or time.monotonic() >= deadline:
-                if got or when_busy is None:
-                    break
-                if not when_busy():  # no note left: wait as long as anyone
-                    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
-                when_busy = None
-                continue
-            time.sleep(0.02)
+                return False
+            return True
+
+        got = _acquire(try_flock, wait, when_busy)
         try:
             yield got
         finally:
