@@ -86,9 +86,15 @@ def _last_good_key(user_id: str) -> str:
     return f"reclast:{_user_digest(user_id)}"
 
 
-def _user_index_key(user_id: str) -> str:
-    """The set of a shopper's cached lists (for the right to be forgotten)."""
-    return f"recindex:{_user_digest(user_id)}"
+def _user_index_keys(user_id: str) -> list[str]:
+    """The sets of a shopper's stored lists (for the right to be forgotten): one per list
+    lifetime, this one first, then the one before. A list lives RECOMMENDATIONS_LIST_TTL_SECONDS,
+    so those two hold every list still stored, and an index never outgrows what a shopper is
+    served in two lifetimes (however busy the shopper id)."""
+    ttl = settings.RECOMMENDATIONS_LIST_TTL_SECONDS
+    bucket = int(time.time() // ttl)
+    digest = _user_digest(user_id)
+    return [f"recindex:{digest}:{bucket}", f"recindex:{digest}:{bucket - 1}"]
 
 
 def _safe_cache_get(key: str):
@@ -103,7 +109,7 @@ def _safe_write(entries: Sequence[Entry], *, user_id: str = "") -> None:
     """The request's cache writes in one round trip; a shopper's own entries are indexed under
     them (so forgetting them finds every one)."""
     try:
-        write_many(entries, index=_user_index_key(user_id) if user_id else None)
+        write_many(entries, index=_user_index_keys(user_id)[0] if user_id else None)
     except Exception:  # Redis down: serve without the cache, /readyz says so
         logger.warning("cache unavailable for set", exc_info=True)
 
@@ -315,7 +321,6 @@ def recommendations_for_user(
                         _last_good_key(user_id),
                         [(c.item_id, c.score) for c in ranked],
                         settings.RECOMMENDATIONS_LIST_TTL_SECONDS * 48,
-                        indexed=True,
                     )
                 )
     excluded |= {entry.item_id for entry in history}
@@ -460,7 +465,8 @@ def recommendations_user_erase(user_pk: int) -> int:
     impressions.forget(external_id)
     removed, _ = Impression.objects.filter(user_external_id=external_id[:255]).delete()
     try:
-        removed += delete_indexed(_user_index_key(external_id))
+        removed += sum(delete_indexed(index) for index in _user_index_keys(external_id))
+        removed += int(bool(cache.delete(_last_good_key(external_id))))
     except Exception:  # the lists expire anyway (RECOMMENDATIONS_LIST_TTL_SECONDS)
         logger.warning("cache unavailable: a forgotten shopper's lists stay until they expire")
     return removed
