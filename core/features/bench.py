@@ -139,17 +139,104 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def _proc_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) of one process so far, from /proc; None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(roots: list[int]) -> set[int]:
+    """`roots` and every process below them (gunicorn's and Celery's forked workers)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+    found = set(roots)
+    grew = True
+    while grew:
+        below = {pid for pid, parent in parents.items() if parent in found} - found
+        grew = bool(below)
+        found |= below
+    return found
+
+
+class CpuMeter:
+    """CPU seconds used during the load by each part of the stack: the web, worker and beat
+    process trees, their PostgreSQL backends (told apart by `application_name`, which the bench
+    sets through PGAPPNAME), the rest of the PostgreSQL server, the Redis server (`INFO cpu`:
+    every client, other people's too) and this process (load clients and probe). Sampled every
+    half second, so a backend that closes during the load keeps what it used until its last
+    sample."""
+
+    def __init__(self, groups: dict[str, list[int]], database: str, store: object) -> None:
+        self.groups, self.database, self.store = groups, database, store
+        self.first: dict[tuple[str, int], float] = {}
+        self.last: dict[tuple[str, int], float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.conn = psycopg.connect(database, autocommit=True)
+
+    def _sample(self, initial: bool = False) -> None:
+        seen: dict[tuple[str, int], float] = {}
+        for name, roots in self.groups.items():
+            for pid in _descendants(roots):
+                value = _proc_cpu(pid)
+                if value is not None:
+                    seen[(name, pid)] = value
+        rows = self.conn.execute(
+            "SELECT pid, application_name, datname = current_database() "
+            "FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+        ).fetchall()
+        for pid, app, ours in rows:
+            part = (
+                f"PostgreSQL {app[6:]}" if ours and app.startswith("bench-") else "PostgreSQL other"
+            )
+            value = _proc_cpu(pid)
+            if value is not None:
+                seen[(part, pid)] = value
+        redis_cpu = redis_cpu_seconds(self.store)
+        if redis_cpu is not None:
+            seen[("Redis", 0)] = redis_cpu
+        times = os.times()
+        seen[("bench client", 0)] = times.user + times.system
+        for key, value in seen.items():
+            self.first.setdefault(key, 0.0 if not initial and key[1] else value)
+            self.last[key] = value
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.5):
+            self._sample()
+
+    def start(self) -> None:
+        self._sample(initial=True)
+        self.thread.start()
+
+    def finish(self) -> dict[str, float]:
+        self.stop.set()
+        self.thread.join()
+        self._sample()
+        self.conn.close()
+        used: dict[str, float] = {}
+        for key, value in self.last.items():
+            used[key[0]] = used.get(key[0], 0.0) + value - self.first[key]
+        return used
+
+
 # 1. Throughput ------------------------------------------------------------------------------------
 
 
-def throughput(args: argparse.Namespace) -> None:
+def load_events(args: argparse.Namespace) -> None:
+    """Store `--events` events through the ingestion service (COPY path), nothing folded yet."""
     from django.conf import settings
 
     from core.events.services import events_ingest
     from core.events.validation import EventIn
-    from core.features import hotstore
-    from core.features.pipeline import consumer_run
-    from core.features.services import CONSUMERS
 
     settings.FEATURES_TRIGGER_ON_COMMIT = False  # no worker yet: nothing to enqueue for
     started = time.perf_counter()
@@ -176,7 +263,17 @@ def throughput(args: argparse.Namespace) -> None:
         f"loaded {args.events:,} events ({args.shape}, {args.users:,} shoppers, {args.items:,} "
         f"items) in {time.perf_counter() - started:.1f} s; load average {os.getloadavg()[0]:.1f}"
     )
+    settings.FEATURES_TRIGGER_ON_COMMIT = True
 
+
+def throughput(args: argparse.Namespace) -> None:
+    from django.conf import settings
+
+    from core.features import hotstore
+    from core.features.pipeline import consumer_run
+    from core.features.services import CONSUMERS
+
+    load_events(args)
     redis_url = settings.FEATURES_REDIS_URL
     for label, consumer_name, url in (
         ("activity (users + items), PostgreSQL only", "activity", None),
@@ -215,7 +312,6 @@ def throughput(args: argparse.Namespace) -> None:
             f"load average {os.getloadavg()[0]:.1f}"
         )
     settings.FEATURES_REDIS_URL = redis_url
-    settings.FEATURES_TRIGGER_ON_COMMIT = True
     hotstore.reset_clients()
 
 
@@ -228,11 +324,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+def start(args: list[str], env: dict[str, str], log: Path, role: str) -> subprocess.Popen:
+    """Start one part of the stack; its PostgreSQL sessions are named `bench-<role>` (libpq's
+    PGAPPNAME), so the CPU meter can tell its backends apart."""
     return subprocess.Popen(
         args,
         cwd=ROOT,
-        env=env,
+        env={**env, "PGAPPNAME": f"bench-{role}"},
         stdout=open(log, "wb"),
         stderr=subprocess.STDOUT,
     )
@@ -272,6 +370,8 @@ def freshness(args: argparse.Namespace, database_url: str, redis_url: str) -> No
     import redis
 
     from core.features import hotstore
+    from core.features.models import JobRun, Watermark
+    from core.features.pipeline import events_highest_id
     from core.system.services import api_key_create
 
     key = api_key_create(name="bench", scopes=["events:write"]).raw_key
@@ -283,17 +383,17 @@ def freshness(args: argparse.Namespace, database_url: str, redis_url: str) -> No
         start(
             [python, "-m", "gunicorn", "recommender.wsgi:application", f"--bind=127.0.0.1:{port}",
              f"--workers={args.web_workers}", "--threads=2"],
-            env, logs / "web.log",
+            env, logs / "web.log", "web",
         ),
         start(
             [python, "-m", "celery", "-A", "recommender", "worker", "--concurrency=2",
              "--without-gossip", "--without-mingle", "--loglevel=WARNING"],
-            env, logs / "worker.log",
+            env, logs / "worker.log", "worker",
         ),
         start(
             [python, "-m", "celery", "-A", "recommender", "beat", "--loglevel=WARNING",
              f"--schedule={logs / 'beat-schedule'}"],
-            env, logs / "beat.log",
+            env, logs / "beat.log", "beat",
         ),
     ]  # fmt: skip
     store = redis.Redis.from_url(redis_url)
@@ -358,6 +458,17 @@ def freshness(args: argparse.Namespace, database_url: str, redis_url: str) -> No
 
         threads = [threading.Thread(target=load, args=(n,)) for n in range(args.concurrency)]
         threads.append(threading.Thread(target=probe))
+        meter = CpuMeter(
+            {
+                role: [process.pid]
+                for role, process in zip(("web", "worker", "beat"), processes, strict=True)
+            },
+            database_url.replace("postgres://", "postgresql://", 1),
+            store,
+        )
+        load_before = os.getloadavg()[0]
+        first_run = JobRun.objects.order_by("-id").values_list("id", flat=True).first() or 0
+        meter.start()
         began = time.perf_counter()
         for thread in threads:
             thread.start()
@@ -366,11 +477,36 @@ def freshness(args: argparse.Namespace, database_url: str, redis_url: str) -> No
         for thread in threads:
             thread.join()
         elapsed = time.perf_counter() - began
+        used = meter.finish()
         print(
             f"freshness under load: ingest {sent[0] / elapsed:,.0f} events/s over HTTP "
             f"({sent[0]:,} events in {elapsed:.0f} s); {len(delays)} probes, 202 -> readable in "
             f"Redis: p50 {percentile(delays, 0.5) * 1000:.0f} ms, "
-            f"p95 {percentile(delays, 0.95) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms"
+            f"p95 {percentile(delays, 0.95) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms; "
+            f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
+        )
+        events = max(1, sent[0])
+        print(
+            "  CPU during the load, us per ingested event (s in all): "
+            + ", ".join(
+                f"{name} {seconds / events * 1e6:.1f} ({seconds:.1f})"
+                for name, seconds in sorted(used.items(), key=lambda pair: -pair[1])
+            )
+            + f"; in all {sum(used.values()) / events * 1e6:.1f} us, "
+            f"{sum(used.values()) / elapsed:.2f} cores"
+        )
+        behind = events_highest_id() - Watermark.objects.get(pk="activity").last_event_id
+        runs = list(
+            JobRun.objects.filter(id__gt=first_run, consumer="activity").exclude(
+                status=JobRun.Status.SKIPPED
+            )
+        )
+        folded = sum(run.events_processed for run in runs)
+        batches = sum(run.batches for run in runs)
+        print(
+            f"  activity consumer: {behind:,} events behind when the load stopped; "
+            f"{len(runs)} runs, {batches} batches, {folded:,} events "
+            f"(mean batch {folded / max(1, batches):,.0f}) recorded by then"
         )
     finally:
         for process in processes:
@@ -400,10 +536,14 @@ def main() -> None:
     redis.Redis.from_url(redis_url).flushdb()
     if "throughput" not in skip:
         throughput(args)
+    elif "freshness" not in skip:
+        load_events(args)  # the same known shoppers and items as after the throughput part
     if "freshness" not in skip:
         from core.features.services import features_rebuild
 
-        features_rebuild()  # start with Redis agreeing with the tables, as a running system does
+        # Start with the tables folded up to the last event and Redis agreeing with them, as a
+        # running system does.
+        features_rebuild()
         freshness(args, database_url, redis_url)
 
 
