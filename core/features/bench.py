@@ -474,10 +474,12 @@ def freshness(args: argparse.Namespace, database_url: str, redis_url: str) -> No
             thread.start()
         time.sleep(args.load_seconds)
         stop.set()
-        for thread in threads:
+        behind = events_highest_id() - Watermark.objects.get(pk="activity").last_event_id
+        for thread in threads[:-1]:
             thread.join()
         elapsed = time.perf_counter() - began
         used = meter.finish()
+        threads[-1].join()  # the probe waits for its last event to be readable
         print(
             f"freshness under load: ingest {sent[0] / elapsed:,.0f} events/s over HTTP "
             f"({sent[0]:,} events in {elapsed:.0f} s); {len(delays)} probes, 202 -> readable in "
@@ -495,19 +497,23 @@ def freshness(args: argparse.Namespace, database_url: str, redis_url: str) -> No
             + f"; in all {sum(used.values()) / events * 1e6:.1f} us, "
             f"{sum(used.values()) / elapsed:.2f} cores"
         )
-        behind = events_highest_id() - Watermark.objects.get(pk="activity").last_event_id
-        runs = list(
-            JobRun.objects.filter(id__gt=first_run, consumer="activity").exclude(
-                status=JobRun.Status.SKIPPED
+        for consumer in ("activity", "neighbours"):
+            runs = list(
+                JobRun.objects.filter(id__gt=first_run, consumer=consumer).exclude(
+                    status=JobRun.Status.SKIPPED
+                )
             )
-        )
-        folded = sum(run.events_processed for run in runs)
-        batches = sum(run.batches for run in runs)
-        print(
-            f"  activity consumer: {behind:,} events behind when the load stopped; "
-            f"{len(runs)} runs, {batches} batches, {folded:,} events "
-            f"(mean batch {folded / max(1, batches):,.0f}) recorded by then"
-        )
+            folded = sum(run.events_processed for run in runs)
+            batches = sum(run.batches for run in runs)
+            print(
+                f"  {consumer}: {len(runs)} runs, {batches} batches, {folded:,} events "
+                f"(mean batch {folded / max(1, batches):,.0f}) recorded by the end"
+                + (
+                    f"; {behind:,} events behind when the load stopped"
+                    if consumer == "activity"
+                    else ""
+                )
+            )
     finally:
         for process in processes:
             process.terminate()
