@@ -148,6 +148,17 @@ def _proc_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine_cpu() -> list[float]:
+    """CPU seconds of the whole machine so far, every core (/proc/stat): user (with nice),
+    system, interrupts (hard and soft: the loopback network's work lands here), stolen by the
+    hypervisor, idle (with I/O wait)."""
+    values = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq, steal = values[:8]
+    return [(user + nice) / tick, system / tick, (irq + softirq) / tick, steal / tick,
+            (idle + iowait) / tick]  # fmt: skip
+
+
 def _descendants(roots: list[int]) -> set[int]:
     """`roots` and every process below them (gunicorn's and Celery's forked workers)."""
     parents: dict[int, int] = {}
@@ -181,6 +192,7 @@ class CpuMeter:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.conn = psycopg.connect(database, autocommit=True)
+        self.samples: list[list[float]] = []
 
     def _sample(self, initial: bool = False) -> None:
         seen: dict[tuple[str, int], float] = {}
@@ -205,6 +217,7 @@ class CpuMeter:
             seen[("Redis", 0)] = redis_cpu
         times = os.times()
         seen[("bench client", 0)] = times.user + times.system
+        self.samples.append(_machine_cpu())
         for key, value in seen.items():
             self.first.setdefault(key, 0.0 if not initial and key[1] else value)
             self.last[key] = value
@@ -214,6 +227,7 @@ class CpuMeter:
             self._sample()
 
     def start(self) -> None:
+        self.start_time = time.perf_counter()
         self._sample(initial=True)
         self.thread.start()
 
@@ -221,11 +235,23 @@ class CpuMeter:
         self.stop.set()
         self.thread.join()
         self._sample()
+        self.stop_time = time.perf_counter()
         self.conn.close()
         used: dict[str, float] = {}
         for key, value in self.last.items():
             used[key[0]] = used.get(key[0], 0.0) + value - self.first[key]
         return used
+
+    def machine(self) -> str:
+        """The whole machine's CPU during the load, in cores, by kind (see _machine_cpu)."""
+        spent = [
+            after - before for before, after in zip(self.samples[0], self.samples[-1], strict=True)
+        ]
+        seconds = self.stop_time - self.start_time
+        names = ("user", "system", "interrupts", "stolen", "idle")
+        return ", ".join(
+            f"{name} {value / seconds:.2f}" for name, value in zip(names, spent, strict=True)
+        )
 
 
 # 1. Throughput ------------------------------------------------------------------------------------
@@ -479,6 +505,7 @@ def freshness(args: argparse.Namespace, database_url: str, redis_url: str) -> No
             thread.join()
         elapsed = time.perf_counter() - began
         used = meter.finish()
+        machine = meter.machine()
         threads[-1].join()  # the probe waits for its last event to be readable
         print(
             f"freshness under load: ingest {sent[0] / elapsed:,.0f} events/s over HTTP "
@@ -495,7 +522,7 @@ def freshness(args: argparse.Namespace, database_url: str, redis_url: str) -> No
                 for name, seconds in sorted(used.items(), key=lambda pair: -pair[1])
             )
             + f"; in all {sum(used.values()) / events * 1e6:.1f} us, "
-            f"{sum(used.values()) / elapsed:.2f} cores"
+            f"{sum(used.values()) / elapsed:.2f} cores; the whole machine, cores: {machine}"
         )
         for consumer in ("activity", "neighbours"):
             runs = list(
