@@ -349,7 +349,8 @@ class ActivityConsumer:
             after = rows[-1][0]
 
     def rebuild_hot(self, store: redis.Redis) -> None:
-        for pattern in ("feat:u:*", "feat:h:*", "feat:i:*", "feat:z:*"):
+        patterns = ("feat:u:*", "feat:s:*", "feat:i:*", "feat:z:*")
+        for pattern in patterns + hotstore.LEGACY_PATTERNS[self.name]:
             hotstore.delete_matching(store, pattern)
         chunk = 10_000
         last = 0
@@ -480,17 +481,18 @@ def history_member(event_id: int, item_external_id: str, kind: str) -> str:
 
 
 def history_parse(member: bytes | str, score: float) -> list[Any]:
-    """[event id, item external id, type, unix time] of a history zset member."""
+    """[event id, item external id, type, unix time] of a history zset member and its score."""
     text = member.decode() if isinstance(member, bytes) else member
     event_id, kind, item = text.split("|", 2)
-    return [int(event_id), item, kind, score]
+    return [int(event_id), item, kind, hotstore.history_time(score)]
 
 
 def history_commands(key: str, entries: list[list[Any]], total: int, length: int) -> list[tuple]:
     """ZADD the entries ([event id, item, type, time]) and trim to the last `length` (only when
     the shopper may have more: `total` events in all)."""
+    score = hotstore.history_score
     commands: list[tuple] = [
-        ("zadd", key, {history_member(e[0], e[1], e[2]): e[3] for e in entries})
+        ("zadd", key, {history_member(e[0], e[1], e[2]): score(e[3]) for e in entries})
     ]
     if total > length:
         commands.append(("zremrangebyrank", key, 0, -length - 1))

@@ -280,9 +280,15 @@ def consumer_lock(
 
 
 def _hot_catch_up(consumer: Consumer, store: redis.Redis, watermark: int) -> None:
-    """Make Redis agree with the tables up to `watermark` (held under the consumer lock)."""
-    raw = store.get(hotstore.marker_key(consumer.name))
+    """Make Redis agree with the tables up to `watermark` (held under the consumer lock). Keys
+    in another layout than this code writes (see hotstore.LAYOUTS) count as absent."""
+    layout = hotstore.LAYOUTS.get(consumer.name)
+    raw, found_layout = store.mget(
+        hotstore.marker_key(consumer.name), hotstore.layout_key(consumer.name)
+    )
     marker = int(raw) if raw is not None else None
+    if layout is not None and found_layout != str(layout).encode():
+        marker = None
     if marker == watermark:
         return
     if marker is None or marker > watermark or watermark - marker > _REPUBLISH_LIMIT:
@@ -292,7 +298,11 @@ def _hot_catch_up(consumer: Consumer, store: redis.Redis, watermark: int) -> Non
         consumer.rebuild_hot(store)
     else:
         consumer.republish(store, marker, watermark)
-    store.set(hotstore.marker_key(consumer.name), watermark)
+    pipe = store.pipeline(transaction=False)
+    pipe.set(hotstore.marker_key(consumer.name), watermark)
+    if layout is not None:
+        pipe.set(hotstore.layout_key(consumer.name), layout)
+    pipe.execute()
 
 
 def consumer_run(

@@ -6,6 +6,7 @@ import math
 
 import orjson
 import pytest
+import redis
 
 from core.catalog.models import User
 from core.features import hotstore, selectors
@@ -241,6 +242,48 @@ def test_redis_behind_the_tables_is_republished(ingest, store):
     assert {s.item_id for s in selectors.item_popular()} == {"a", "b"}
 
 
+def test_keys_in_an_earlier_layout_are_rebuilt_by_the_next_run(ingest, store):
+    # given: Redis as the code before layout 2 left it (history in feat:h:, scores in seconds,
+    # no layout key) while the tables are up to date
+    ingest([("u1", "a", "view"), ("u1", "b", "click")])
+    features_refresh(trigger="test")
+    store.delete(hotstore.layout_key("activity"), hotstore.history_key("u1"))
+    store.zadd("feat:h:u1", {"00000000000000000001|view|a": T0.timestamp()})
+
+    # when
+    run = features_refresh(trigger="sweep")
+
+    # then: rebuilt, though the marker agreed with the watermark and nothing was new
+    assert run.events_processed == 0
+    assert not store.exists("feat:h:u1")
+    assert store.get(hotstore.layout_key("activity")) == str(hotstore.LAYOUTS["activity"]).encode()
+    history = selectors.user_history(user_id="u1")
+    assert [(e.item_id, e.timestamp) for e in history] == [
+        ("a", T0.timestamp()),
+        ("b", T0.timestamp() + 1),
+    ]
+
+
+def test_a_refused_shopper_write_raises_and_the_connection_is_not_reused(store):
+    # given: a key of the wrong type where a history goes (ZADD answers WRONGTYPE)
+    store.set(hotstore.history_key("bad"), "not a sorted set")
+    users = [
+        ["ok", '{"v": 1}', [1, "view", "a", 1.5]],
+        ["bad", '{"v": 2}', [2, "view", "a", 2.5]],
+        ["after", '{"v": 3}', [3, "view", "b", 3.5]],
+    ]
+
+    # when / then: the error is raised once every reply is read
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        hotstore.users_write(store, users, 50)
+    assert store.get(hotstore.user_key("after")) == b'{"v": 3}'
+    assert store.zrange(hotstore.history_key("ok"), 0, -1, withscores=True) == [
+        (b"00000000000000000001|view|a", 1_500_000.0)
+    ]
+    # and the pool's connections still answer their own commands
+    assert store.ping() and store.get(hotstore.user_key("ok")) == b'{"v": 1}'
+
+
 def test_every_run_is_recorded(ingest, store):
     # given
     ingest([("u1", "a", "view")])
@@ -283,7 +326,7 @@ def test_redis_unreachable_selectors_read_the_database(ingest, store, settings):
 def _hot_contents(store) -> dict:
     """Every activity key in Redis: blobs parsed, sorted sets with their exact scores."""
     contents = {}
-    for key in store.scan_iter(match="feat:[uhiz]:*"):
+    for key in store.scan_iter(match="feat:[usiz]:*"):
         if store.type(key) == b"zset":
             contents[key] = store.zrange(key, 0, -1, withscores=True)
         else:
@@ -314,10 +357,12 @@ def test_batches_in_several_publishes_write_exactly_what_a_rebuild_writes(ingest
     history = store.zrange(hotstore.history_key("u|1"), 0, -1, withscores=True)
     last = UserFeatures.objects.get(user_id=User.objects.get(external_id="u|1").pk).last_event_id
     assert len(history) == 5
-    assert history[-1] == (
+    assert history[-1] == (  # the score: the event's time in whole microseconds, exactly
         f"{last:020d}|view|i|2".encode(),
-        T0.timestamp() + 8 * 1.000001 + 0.123456,
+        float(int(T0.timestamp()) * 1_000_000 + T0.microsecond + 8_123_464),
     )
+    read = selectors.user_history(user_id="u|1")[-1].timestamp
+    assert read == pytest.approx(T0.timestamp() + 8.123464, abs=1e-7)
     assert orjson.loads(store.get(hotstore.user_key("u|1")))["c"] == {"view": 5, "click": 4}
 
 
