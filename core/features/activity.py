@@ -1,10 +1,11 @@
-"""The "activity" consumer: per-shopper counts and recent sequence, per-item popularity, trends
-and conversion counts. Folding a batch is a handful of statements whatever its size."""
+"""The "activity" consumer (per-shopper counts and recent sequence) and the "items" consumer
+(per-item popularity, trends and conversion counts). Folding a batch is a handful of statements
+whatever its size."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,23 +234,32 @@ RETURNING item_id, counts::text, popularity, trend_1h, trend_24h, trend_7d, tren
 """  # noqa: S608
 
 
-def _apply_sql(after: int, upto: int) -> tuple[dict[int, str], dict[int, ItemState]]:
-    """PostgreSQL: fold events (after, upto] in the server, two statements; the stored values of
-    every changed row come back for Redis (a shopper's as the blob Redis stores)."""
+def _fold_params(after: int, upto: int) -> dict[str, Any]:
     weights = settings.EVENT_TYPE_WEIGHTS
-    params = {
+    return {
         "types": list(weights),
         "weights": list(weights.values()),
         "after": after,
         "upto": upto,
         **{f"r{window}": rate for window, rate in _RATES.items()},
     }
+
+
+def _users_apply_sql(after: int, upto: int) -> dict[int, str]:
+    """PostgreSQL: fold the shoppers of events (after, upto] in the server, one statement; each
+    changed shopper's stored values come back as the blob Redis stores."""
+    with raw_cursor() as cursor:
+        cursor.execute(_USERS_SQL, _fold_params(after, upto))
+        return dict(cursor.fetchall())
+
+
+def _items_apply_sql(after: int, upto: int) -> dict[int, ItemState]:
+    """PostgreSQL: fold the items of events (after, upto] in the server, one statement; the
+    stored values of every changed item come back for Redis."""
     loads = orjson.loads
     with raw_cursor() as cursor:
-        cursor.execute(_USERS_SQL, params)
-        users = dict(cursor.fetchall())
-        cursor.execute(_ITEMS_SQL, params)
-        items = {
+        cursor.execute(_ITEMS_SQL, _fold_params(after, upto))
+        return {
             pk: ItemState(
                 counts=loads(counts),
                 popularity=popularity,
@@ -259,17 +269,20 @@ def _apply_sql(after: int, upto: int) -> tuple[dict[int, str], dict[int, ItemSta
             )
             for pk, counts, popularity, t1, t24, t7, ref, last in cursor.fetchall()
         }
-    return users, items
 
 
 class ActivityConsumer:
+    """Per-shopper counts and recent sequence: the fresh path (an accepted event should be in
+    its shopper's features within 2 s). Items are a consumer of their own (`ItemsConsumer`,
+    its own watermark), run beside it, so a busy machine's CPU goes to the shoppers' fold first
+    and the items' fold, a third of the work, does not make it wait."""
+
     name = "activity"
 
     def apply(self, rows: list[EventRow], after: int, upto: int) -> Outcome:
         if is_postgresql():
-            blobs, items = _apply_sql(after, upto)
-            return Outcome(rows=rows, users={}, items=items, user_blobs=blobs)
-        users, items = _fold(rows)
+            return Outcome(rows=rows, users={}, items={}, user_blobs=_users_apply_sql(after, upto))
+        users, _ = _fold(rows)
         old_users = users_load(users)
         for pk, state in users.items():
             old = old_users.get(pk)
@@ -277,13 +290,6 @@ class ActivityConsumer:
                 state.counts = _add_counts(old.counts, state.counts)
                 state.weight_sum += old.weight_sum
                 state.last_event_at = max(state.last_event_at, old.last_event_at)
-        old_items = items_load(items)
-        for pk, item in items.items():
-            old_item = old_items.get(pk)
-            if old_item is not None:
-                item.counts = _add_counts(old_item.counts, item.counts)
-                item.popularity += old_item.popularity
-                _merge_trends(old_item, item)
         dumps = orjson.dumps
         upsert(
             UserFeatures._meta.db_table,
@@ -300,6 +306,53 @@ class ActivityConsumer:
                 for pk, s in sorted(users.items())
             ],
         )
+        return Outcome(rows=rows, users=users, items={})
+
+    def prepare(self, outcome: Outcome) -> Prepared:
+        return _prepare(outcome)
+
+    def publish(self, store: redis.Redis, prepared: Prepared) -> None:
+        _send(store, prepared)
+
+    def republish(self, store: redis.Redis, after: int, upto: int) -> None:
+        size = settings.FEATURES_BATCH_SIZE
+        while after < upto:
+            rows = events_fetch(after, size, upto)
+            if not rows:
+                break
+            # Rows of a forgotten shopper are gone: nothing to publish for them.
+            users = users_load({row[1] for row in rows})
+            _publish(store, Outcome(rows=rows, users=users, items={}))
+            after = rows[-1][0]
+
+    def rebuild_hot(self, store: redis.Redis) -> None:
+        patterns = ("feat:u:*", "feat:s:*")
+        for pattern in patterns + hotstore.LEGACY_PATTERNS[self.name]:
+            hotstore.delete_matching(store, pattern)
+        for ids in _chunks_of(UserFeatures.objects, "user_id"):
+            _publish(store, Outcome(rows=[], users=users_load(ids), items={}))
+
+    def reset(self) -> None:
+        UserFeatures.objects.all().delete()
+
+
+class ItemsConsumer:
+    """Per-item popularity, trends and conversion counts, overall and per category."""
+
+    name = "items"
+
+    def apply(self, rows: list[EventRow], after: int, upto: int) -> Outcome:
+        if is_postgresql():
+            return Outcome(rows=[], users={}, items=_items_apply_sql(after, upto))
+        _, items = _fold(rows)
+        old_items = items_load(items)
+        for pk, item in items.items():
+            old_item = old_items.get(pk)
+            if old_item is not None:
+                item.counts = _add_counts(old_item.counts, item.counts)
+                item.popularity += old_item.popularity
+                _merge_trends(old_item, item)
+        dumps = orjson.dumps
         upsert(
             ItemFeatures._meta.db_table,
             [
@@ -327,7 +380,7 @@ class ActivityConsumer:
                 for pk, s in sorted(items.items())
             ],
         )
-        return Outcome(rows=rows, users=users, items=items)
+        return Outcome(rows=[], users={}, items=items)
 
     def prepare(self, outcome: Outcome) -> Prepared:
         return _prepare(outcome)
@@ -341,44 +394,31 @@ class ActivityConsumer:
             rows = events_fetch(after, size, upto)
             if not rows:
                 break
-            user_ids = {row[1] for row in rows}
             item_ids = {row[2] for row in rows if row[2] is not None}
-            users = users_load(user_ids)
-            # Rows of a forgotten shopper are gone: nothing to publish for them.
-            _publish(store, Outcome(rows=rows, users=users, items=items_load(item_ids)))
+            _publish(store, Outcome(rows=[], users={}, items=items_load(item_ids)))
             after = rows[-1][0]
 
     def rebuild_hot(self, store: redis.Redis) -> None:
-        patterns = ("feat:u:*", "feat:s:*", "feat:i:*", "feat:z:*")
-        for pattern in patterns + hotstore.LEGACY_PATTERNS[self.name]:
+        for pattern in ("feat:i:*", "feat:z:*"):
             hotstore.delete_matching(store, pattern)
-        chunk = 10_000
-        last = 0
-        while True:
-            ids = list(
-                UserFeatures.objects.filter(user_id__gt=last)
-                .order_by("user_id")
-                .values_list("user_id", flat=True)[:chunk]
-            )
-            if not ids:
-                break
-            _publish(store, Outcome(rows=[], users=users_load(ids), items={}))
-            last = ids[-1]
-        last = 0
-        while True:
-            ids = list(
-                ItemFeatures.objects.filter(item_id__gt=last)
-                .order_by("item_id")
-                .values_list("item_id", flat=True)[:chunk]
-            )
-            if not ids:
-                break
+        for ids in _chunks_of(ItemFeatures.objects, "item_id"):
             _publish(store, Outcome(rows=[], users={}, items=items_load(ids)))
-            last = ids[-1]
 
     def reset(self) -> None:
-        UserFeatures.objects.all().delete()
         ItemFeatures.objects.all().delete()
+
+
+def _chunks_of(rows: Any, key: str, size: int = 10_000) -> Iterator[list[int]]:
+    """The `key` values of a feature table, in order, `size` at a time."""
+    last = 0
+    while True:
+        ids = list(
+            rows.filter(**{f"{key}__gt": last}).order_by(key).values_list(key, flat=True)[:size]
+        )
+        if not ids:
+            return
+        yield ids
+        last = ids[-1]
 
 
 def external_ids(table: str, ids: Iterable[int]) -> dict[int, str]:

@@ -206,15 +206,15 @@ _ADVISORY_KEYS: dict[str, int] = {}
 
 
 def _advisory_key(name: str) -> int:
-    # One 32-bit key (classid 0, objid = key) per consumer; "activity" and "neighbours" are
-    # registered up front so `_visibility` knows them all.
+    # One 32-bit key (classid 0, objid = key) per consumer; every consumer is registered up
+    # front so `_visibility` knows them all.
     key = _ADVISORY_KEYS.get(name)
     if key is None:
         key = _ADVISORY_KEYS[name] = zlib.crc32(f"features:{name}".encode()) & 0x7FFFFFFF
     return key
 
 
-for _name in ("activity", "neighbours"):
+for _name in ("activity", "items", "neighbours"):
     _advisory_key(_name)
 
 

@@ -257,7 +257,7 @@ def _popular_from_redis(
     now = time.time()
     while True:
         pipe = store.pipeline(transaction=False)
-        pipe.exists(hotstore.marker_key("activity"))
+        pipe.exists(hotstore.marker_key("items"))
         pipe.zrevrange(key, 0, fetch - 1, withscores=True)
         ready, members = pipe.execute()
         if not ready:

@@ -228,8 +228,10 @@ def test_redis_behind_the_tables_is_republished(ingest, store):
     features_refresh(trigger="test")
     ingest([("u1", "b", "view")], prefix="second")
     first = Watermark.objects.get(pk="activity").last_event_id
+    assert Watermark.objects.get(pk="items").last_event_id == first
     features_refresh(trigger="test")
     store.set(hotstore.marker_key("activity"), first)
+    store.set(hotstore.marker_key("items"), first)
     store.delete(hotstore.item_key("b"))
     store.zrem(hotstore.zset_key("all"), "b")
 
@@ -293,7 +295,7 @@ def test_every_run_is_recorded(ingest, store):
     features_refresh(trigger="test")
 
     # then
-    runs = list(JobRun.objects.order_by("id"))
+    runs = list(JobRun.objects.filter(consumer="activity").order_by("id"))
     assert [(r.status, r.events_processed) for r in runs] == [("succeeded", 1), ("succeeded", 0)]
     assert runs[0].finished_at >= runs[0].started_at
     assert runs[0].max_event_age_seconds is not None and runs[0].backlog_events == 0
@@ -366,6 +368,9 @@ def test_batches_in_several_publishes_write_exactly_what_a_rebuild_writes(ingest
     assert orjson.loads(store.get(hotstore.user_key("u|1")))["c"] == {"view": 5, "click": 4}
 
 
+# The triggered run folds the items on a thread of its own, with its own database session: it
+# sees only committed events.
+@pytest.mark.django_db(transaction=True)
 def test_a_triggered_run_folds_what_arrives_while_it_runs_a_command_stops(
     ingest, store, monkeypatch
 ):
@@ -393,6 +398,10 @@ def test_a_triggered_run_folds_what_arrives_while_it_runs_a_command_stops(
     # went on with what arrived meanwhile
     assert (command.batches, command.events_processed) == (1, 1)
     assert (triggered.batches, triggered.events_processed) == (2, 2)
+    assert selectors.user_features(user_id="u3") is not None
+    # and the items' run beside it may have finished before "c" came: the refresh its commit
+    # triggers folds it
+    features_refresh(trigger="on_commit", handoff=True)
     assert {s.item_id for s in selectors.item_popular()} == {"a", "b", "c"}
 
 

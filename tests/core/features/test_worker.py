@@ -105,8 +105,10 @@ def _watermark() -> int:
 
 
 def _caught_up() -> bool:
-    mark = Watermark.objects.filter(pk="activity").first()
-    return mark is not None and mark.last_event_id == events_highest_id()
+    """Both consumers of the per-shopper and per-item features at the last event."""
+    highest = events_highest_id()
+    marks = Watermark.objects.filter(pk__in=("activity", "items"))
+    return sorted(mark.last_event_id for mark in marks) == [highest, highest]
 
 
 def test_kill_9_mid_batch_then_restart_counts_every_event_exactly_once(
@@ -146,13 +148,16 @@ def test_kill_9_mid_batch_then_restart_counts_every_event_exactly_once(
     for user, counts in expected_users.items():
         blob = orjson.loads(store.get(hotstore.user_key(user)))
         assert Counter(blob["c"]) == counts
-    assert JobRun.objects.filter(status="abandoned").count() == 1
+    assert JobRun.objects.filter(consumer="activity", status="abandoned").count() == 1
 
     # when: the same task message is delivered twice more
     features_refresh_task.apply_async(kwargs={"trigger": "again"}, task_id="twice")
     features_refresh_task.apply_async(kwargs={"trigger": "again"}, task_id="twice")
     wait_for(
-        lambda: JobRun.objects.filter(trigger="again", status="succeeded").count() == 2,
+        lambda: (
+            JobRun.objects.filter(consumer="activity", trigger="again", status="succeeded").count()
+            == 2
+        ),
         30,
         "both deliveries to run",
     )
