@@ -315,14 +315,16 @@ def consumer_run(
     lock_wait: float = _LOCK_WAIT_SECONDS,
     when_busy: Callable[[], bool] | None = None,
     follow: bool = False,
+    pace: float = 0.0,
 ) -> JobRun:
     """Process events past the watermark until caught up or `budget` seconds have passed; one
     recorded JobRun (SKIPPED when another run held the consumer's lock for `lock_wait` seconds;
     see `consumer_lock` for `when_busy`). Caught up: a batch reached what was visible when it
     began; with `follow`, a batch that found nothing (under steady ingestion the run keeps
     folding what arrived during its last batch, each batch's Redis writes overlapping the next
-    fold, until the budget is spent). `reset` first empties the consumer's tables and its
-    watermark (a full recompute from the events table)."""
+    fold, until the budget is spent); with `pace` too, a batch that caught up is followed by the
+    next one no sooner than `pace` seconds after it began (more events a batch). `reset` first
+    empties the consumer's tables and its watermark (a full recompute from the events table)."""
     budget = settings.FEATURES_RUN_BUDGET_SECONDS if budget is None else budget
     limit = batch_size or settings.FEATURES_BATCH_SIZE
     Watermark.objects.get_or_create(consumer=consumer.name)
@@ -351,6 +353,7 @@ def consumer_run(
             publisher = _Publisher(consumer, store)
             try:
                 while True:
+                    began = time.monotonic()
                     result = _batch(consumer, limit)
                     run.watermark_to = result.watermark_to
                     if result.rows:
@@ -363,6 +366,8 @@ def consumer_run(
                     done = result.caught_up and not (follow and result.rows)
                     if done or time.monotonic() - started >= budget:
                         break
+                    if pace and result.caught_up:  # a backlog is folded without a pause
+                        time.sleep(max(0.0, min(began + pace, started + budget) - time.monotonic()))
             finally:
                 publisher.close()  # the lock is held until Redis has every committed batch
             run.backlog_events = max(0, events_highest_id() - run.watermark_to)
