@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,9 @@ class UserFeaturesView:
     # The version of the hot set of unavailable items at this read (None: not read from Redis):
     # flags read from the set may be reused while it stays the same.
     unavailable_version: int | None = None
+    # The values of the caller's `also` keys, read in the same round trip (empty when the
+    # features were not read from Redis).
+    also: tuple[bytes | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,9 @@ def _entries(history: list[list[Any]]) -> list[HistoryEntry]:
     ]
 
 
-def _user_blob(user_id: str) -> dict[str, Any] | None:
-    """{"c", "w", "t", "v", "h": [[event id, item, type, time], ...] oldest first} or None."""
+def _user_blob(user_id: str, also: Sequence[str] = ()) -> dict[str, Any] | None:
+    """{"c", "w", "t", "v", "h": [[event id, item, type, time], ...] oldest first} or None;
+    with "also": the raw values of the keys `also`, read in the same round trip."""
     store = _store()
     key, history_key = hotstore.user_key(user_id), hotstore.history_key(user_id)
     if store is not None:
@@ -117,11 +121,14 @@ def _user_blob(user_id: str) -> dict[str, Any] | None:
             pipe.get(key)
             pipe.zrange(history_key, 0, -1, withscores=True)
             pipe.get(hotstore.UNAVAILABLE_VERSION)
-            raw, members, version = pipe.execute()
+            for extra in also:
+                pipe.get(extra)
+            raw, members, version, *extras = pipe.execute()
             if raw is not None:
                 blob = orjson.loads(raw)
                 blob["h"] = [hotstore_history(member, score) for member, score in members]
                 blob["uv"] = int(version) if version is not None else None
+                blob["also"] = tuple(extras)
                 return blob
         except redis.RedisError as exc:
             hotstore.mark_down(exc)
@@ -160,8 +167,10 @@ def user_history(*, user_id: str, limit: int | None = None) -> list[HistoryEntry
     return _entries(history)
 
 
-def user_features(*, user_id: str) -> UserFeaturesView | None:
-    blob = _user_blob(user_id)
+def user_features(*, user_id: str, also: Sequence[str] = ()) -> UserFeaturesView | None:
+    """The shopper's features; `also`: other keys of the feature store's Redis to read in the
+    same round trip (a caller whose own data lives there), their raw values in `.also`."""
+    blob = _user_blob(user_id, also)
     if blob is None:
         return None
     return UserFeaturesView(
@@ -171,6 +180,7 @@ def user_features(*, user_id: str) -> UserFeaturesView | None:
         last_event_at=blob["t"],
         history=_entries(blob["h"]),
         unavailable_version=blob.get("uv"),
+        also=blob.get("also", ()),
     )
 
 
