@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import orjson
 import pytest
@@ -427,3 +428,23 @@ def test_neighbours_wait_while_the_fresh_path_is_behind(ingest, store, settings)
     # then
     assert ran["status"] == "succeeded" and ran["events"] == 10
     assert ItemNeighbours.objects.exists()
+
+
+def test_a_paced_run_pauses_only_once_caught_up(ingest, store):
+    # given: three events, folded one per batch
+    from core.features.pipeline import consumer_run
+    from core.features.services import CONSUMERS
+
+    ingest([("u1", "a", "view"), ("u2", "b", "view"), ("u3", "c", "view")])
+
+    # when
+    started = time.monotonic()
+    run = consumer_run(
+        CONSUMERS["items"], trigger="test", batch_size=1, follow=True, pace=0.5, budget=100
+    )
+    elapsed = time.monotonic() - started
+
+    # then: the backlog went without a pause, the batch that caught up was followed by one
+    # (before the last, empty, batch)
+    assert (run.batches, run.events_processed) == (3, 3)
+    assert 0.5 <= elapsed < 1.4
