@@ -8,7 +8,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.conf import settings
 from django.core.cache import cache
@@ -47,6 +47,42 @@ class ModelAnswer:
     cached: bool
     # A fresh answer's cache entry: the caller writes it with its other writes, in one round trip.
     cache_entry: Entry | None = None
+    # The answer's cache key and the model generation it holds for (a shopper's last answer
+    # records them); `was_last`: it is the shopper's last answer, given as `last`.
+    key: str = ""
+    generation: int = 0
+    was_last: bool = False
+
+    def last_value(self) -> tuple:
+        """What a shopper's last answer stores (see `LastAnswer`)."""
+        items = [(c.item_id, c.score) for c in self.candidates]
+        return (self.key, self.generation, self.model_name, self.model_version, items)
+
+
+@dataclass(frozen=True)
+class LastAnswer:
+    """A shopper's last model answer, read with their features (one round trip for both), and
+    the model generation at that read. It stands for the cached answer when it was made for the
+    same request (same cache key: model, label, depth and history) under the same generation."""
+
+    generation: int
+    value: tuple | None  # (cache key, generation, model name, version, [(item, score), ...])
+
+    def answer(self, key: str) -> ModelAnswer | None:
+        value = self.value
+        if value is None or len(value) != 5 or value[0] != key or value[1] != self.generation:
+            return None
+        _, generation, name, version, items = value
+        new = tuple.__new__  # half the cost of Candidate(i, s), for a few hundred items
+        candidates = [new(Candidate, item) for item in items]
+        return ModelAnswer(candidates, name, version, True, None, key, generation, True)
+
+    def items(self) -> list[tuple[str, float]] | None:
+        """The last answer's items, whatever model made them (a fallback tier)."""
+        value: Any = self.value
+        if isinstance(value, tuple) and len(value) == 5:
+            return value[4]
+        return value  # written before the key and generation were kept: the items alone
 
 
 _client: PredictionClient | None = None
@@ -112,7 +148,9 @@ def _cached(key: str) -> tuple[int, ModelAnswer | None]:
     if not value or value[0] != generation:
         return generation, None
     _, name, version, items = value
-    return generation, ModelAnswer([Candidate(i, s) for i, s in items], name, version, cached=True)
+    new = tuple.__new__  # half the cost of Candidate(i, s), for a few hundred items
+    candidates = [new(Candidate, item) for item in items]
+    return generation, ModelAnswer(candidates, name, version, True, None, key, generation)
 
 
 def _cache_entry(key: str, generation: int, answer: ModelAnswer) -> Entry | None:
@@ -163,13 +201,22 @@ def _by_label(call: Callable[[str | None], T], label: str | None) -> T:
 
 
 def recommend(
-    history: Sequence[HistoryEntry], *, k: int, budget_seconds: float, label: str | None = None
+    history: Sequence[HistoryEntry],
+    *,
+    k: int,
+    budget_seconds: float,
+    label: str | None = None,
+    last: LastAnswer | None = None,
 ) -> ModelAnswer:
+    """The model's top `k` for this history: the shopper's `last` answer when it is the same
+    one, else the cache, else the model server."""
     ids = [entry.item_id for entry in history]
     weights = [float(entry.weight) for entry in history]
     key = _cache_key(
         "rec", label, "\x1f".join(f"{i}\x1e{w:g}" for i, w in zip(ids, weights, strict=True)), k
     )
+    if last is not None and (same := last.answer(key)) is not None:
+        return same
     generation, hit = _cached(key)
     if hit is not None:
         return hit
@@ -188,6 +235,8 @@ def recommend(
         result.model_name,
         result.model_version,
         cached=False,
+        key=key,
+        generation=generation,
     )
     return replace(answer, cache_entry=_cache_entry(key, generation, answer))
 

@@ -9,6 +9,7 @@ circuit breaker) and never a 5xx.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -21,7 +22,14 @@ from django.core.cache import cache
 
 from core.registry import arm_stats, shadow
 from core.registry.selectors import ServingPlan, business_rules_active, serving_plan
-from core.system.cache import Entry, delete_indexed, write_many
+from core.system.cache import (
+    Entry,
+    delete_indexed,
+    flush_deferred,
+    redis_key,
+    redis_loads,
+    write_many,
+)
 from core.system.metrics import observe_recommendations
 
 from . import impressions, model_gateway, sources
@@ -86,6 +94,18 @@ def _last_good_key(user_id: str) -> str:
     return f"reclast:{_user_digest(user_id)}"
 
 
+def _last_answer_keys(user_id: str) -> list[str]:
+    """The model generation's and the shopper's last answer's Redis keys, to read with their
+    features in one round trip; none when the cache is not on the feature store's Redis."""
+    location = settings.CACHES["default"].get("LOCATION")
+    if not user_id or not location or location != settings.FEATURES_REDIS_URL:
+        return []
+    return [
+        redis_key(model_gateway.GENERATION_KEY) or "",
+        redis_key(_last_good_key(user_id)) or "",
+    ]
+
+
 def _user_index_keys(user_id: str) -> list[str]:
     """The sets of a shopper's stored lists (for the right to be forgotten): one per list
     lifetime, this one first, then the one before. A list lives RECOMMENDATIONS_LIST_TTL_SECONDS,
@@ -106,10 +126,11 @@ def _safe_cache_get(key: str):
 
 
 def _safe_write(entries: Sequence[Entry], *, user_id: str = "") -> None:
-    """The request's cache writes in one round trip; a shopper's own entries are indexed under
-    them (so forgetting them finds every one)."""
+    """The request's cache writes, sent in one go without waiting for Redis's answer (nothing
+    in the request needs it); a shopper's own entries are indexed under them (so forgetting
+    them finds every one)."""
     try:
-        write_many(entries, index=_user_index_keys(user_id)[0] if user_id else None)
+        write_many(entries, index=_user_index_keys(user_id)[0] if user_id else None, wait=False)
     except Exception:  # Redis down: serve without the cache, /readyz says so
         logger.warning("cache unavailable for set", exc_info=True)
 
@@ -167,16 +188,17 @@ def _serve_page(stored: StoredList, *, page: int, count: int) -> ServedPage:
 def _log_impression(stored: StoredList, served: ServedPage) -> None:
     try:
         impressions.record(
-            Impression(
+            impressions.ImpressionRow(
                 recommendation_id=served.recommendation_id,
                 page=served.page,
                 surface=stored.surface,
+                source=stored.source,
                 user_external_id=stored.user_id[:255],
                 model_name=stored.model_name,
                 model_version=stored.model_version,
-                source=stored.source,
                 item_ids=[c.item_id for c in served.items],
                 offset=served.offset,
+                served_at=time.time(),
             )
         )
     except Exception:  # an impression lost is better than a storefront without recommendations
@@ -205,7 +227,7 @@ def _finish(
     pinned = {item_id for rule in rules if rule.kind is RuleKind.PIN for item_id in rule.item_ids}
     candidates = [c for c in ranked if c.item_id not in exclude]
     categories = sources.recommendable_categories(
-        {c.item_id for c in candidates} | (pinned - exclude),
+        [c.item_id for c in candidates] + sorted(pinned - exclude),
         unavailable_version=unavailable_version,
     )
     if category:
@@ -236,15 +258,28 @@ def recommendations_page(
 ) -> ServedPage:
     """The next page of a list served before: the same order, no item repeated."""
     stored = _load_list(recommendation_id)
+    if stored is None:
+        # Served by this process a moment ago, its write still in flight? (Another process's
+        # write was on the wire before the first page reached the caller.)
+        with contextlib.suppress(Exception):
+            flush_deferred()
+            stored = _load_list(recommendation_id)
     if stored is None or stored.user_id != user_id:
         raise ListExpired(recommendation_id)
     return _serve_page(stored, page=page, count=count)
 
 
 def _fallback(
-    *, history: Sequence[sources.HistoryEntry], category: str | None, user_id: str, want: int
+    *,
+    history: Sequence[sources.HistoryEntry],
+    category: str | None,
+    user_id: str,
+    want: int,
+    last: model_gateway.LastAnswer | None = None,
 ) -> tuple[list[Candidate], str]:
-    last_good = _safe_cache_get(_last_good_key(user_id)) if user_id else None
+    if last is None and user_id:
+        last = model_gateway.LastAnswer(0, _safe_cache_get(_last_good_key(user_id)))
+    last_good = last.items() if last is not None else None
     if last_good:
         return [Candidate(item_id, score) for item_id, score in last_good], "fallback:last_good"
     if history:
@@ -282,7 +317,12 @@ def recommendations_for_user(
 ) -> ServedPage:
     """A fresh list for a shopper (known or not) and its `page`-th page."""
     budget = _Budget(settings.RECOMMENDATIONS_BUDGET_MS / 1000)
-    shopper = sources.shopper(user_id)
+    prefetch = _last_answer_keys(user_id)
+    shopper = sources.shopper(user_id, also=prefetch)
+    last = None
+    if prefetch and len(shopper.also) == 2:
+        generation, value = (redis_loads(raw) for raw in shopper.also)
+        last = model_gateway.LastAnswer(int(generation or 0), value)
     history = _history(shopper, session_items)
     excluded = set(exclude) | shopper.not_to_repeat
     want = settings.RECOMMENDATIONS_LIST_LENGTH + len(excluded)
@@ -299,13 +339,13 @@ def recommendations_for_user(
         started = time.perf_counter()
         try:
             answer = model_gateway.recommend(
-                history, k=want, budget_seconds=budget.remaining(), label=plan.label
+                history, k=want, budget_seconds=budget.remaining(), label=plan.label, last=last
             )
         except model_gateway.ModelUnavailable as exc:
             _count_arm(plan, error=True)
             logger.warning("model unavailable, serving a fallback: %s", exc)
             ranked, source = _fallback(
-                history=history, category=category, user_id=user_id, want=want
+                history=history, category=category, user_id=user_id, want=want, last=last
             )
         else:
             _count_arm(plan, seconds=None if answer.cached else time.perf_counter() - started)
@@ -315,11 +355,12 @@ def recommendations_for_user(
                 shadow.shadow_score(history=history, k=want, shown=ranked, plan=plan)
             if answer.cache_entry is not None:
                 writes.append(answer.cache_entry)
-            if user_id and not answer.cached:
+            # The shopper's last answer: after a fresh one, or a cached one that was not it.
+            if user_id and not answer.was_last and (last is not None or not answer.cached):
                 writes.append(
                     Entry(
                         _last_good_key(user_id),
-                        [(c.item_id, c.score) for c in ranked],
+                        answer.last_value(),
                         settings.RECOMMENDATIONS_LIST_TTL_SECONDS * 48,
                     )
                 )

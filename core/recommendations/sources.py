@@ -44,17 +44,20 @@ class Shopper:
     not_to_repeat: set[str] = field(default_factory=set)
     # The hot set of unavailable items' version seen by the same read (recommendable_categories).
     unavailable_version: int | None = None
+    # The raw values of the caller's `also` keys, when read with the features (else empty).
+    also: tuple[bytes | None, ...] = ()
 
 
-def shopper(user_id: str) -> Shopper:
+def shopper(user_id: str, *, also: Sequence[str] = ()) -> Shopper:
     """The shopper's recent history (at most RECOMMENDATIONS_HISTORY_LENGTH, oldest first) and
     the items not to recommend to them again, from one read of the feature store. The database
     is asked only when the stored history no longer holds every such event (a shopper with more
-    purchases than the history keeps). Both follow the feature pipeline (seconds behind)."""
+    purchases than the history keeps). Both follow the feature pipeline (seconds behind).
+    `also`: other keys of the feature store's Redis to read in the same round trip."""
     if not user_id:
         return Shopper()
     try:
-        view = features.user_features(user_id=user_id)
+        view = features.user_features(user_id=user_id, also=also)
     except DatabaseError:  # not in the feature store, and PostgreSQL is out of reach: a newcomer
         logger.warning("shopper %r: the database is out of reach, serving them as new", user_id)
         return Shopper()
@@ -62,18 +65,18 @@ def shopper(user_id: str) -> Shopper:
         return Shopper()
     length = settings.RECOMMENDATIONS_HISTORY_LENGTH
     history = [HistoryEntry(entry.item_id, entry.weight) for entry in view.history[-length:]]
-    version = view.unavailable_version
+    version, extra = view.unavailable_version, view.also
     types = set(settings.RECOMMENDATIONS_EXCLUDE_EVENT_TYPES)
     if not types:
-        return Shopper(history, unavailable_version=version)
+        return Shopper(history, unavailable_version=version, also=extra)
     seen = [entry.item_id for entry in view.history if entry.type in types]
     if len(seen) >= sum(view.counts.get(kind, 0) for kind in types):
-        return Shopper(history, set(seen), version)
+        return Shopper(history, set(seen), version, extra)
     try:
-        return Shopper(history, items_not_to_repeat(user_id), version)
+        return Shopper(history, items_not_to_repeat(user_id), version, extra)
     except DatabaseError:  # the older ones cannot be read now: at least those the history holds
         logger.warning("shopper %r: the database is out of reach, older purchases unknown", user_id)
-        return Shopper(history, set(seen), version)
+        return Shopper(history, set(seen), version, extra)
 
 
 def items_not_to_repeat(user_id: str) -> set[str]:
@@ -100,10 +103,10 @@ _categories_lock = threading.Lock()
 
 
 def categories_cache_clear() -> None:
-    global _categories, _categories_until, _flags
+    global _categories, _categories_until, _shown
     with _categories_lock:
         _categories, _categories_until = {}, 0.0
-        _flags = (None, {})
+        _shown = (None, {})
 
 
 def _catalog_rows(ids: list[str]) -> list[tuple[str, str, bool]]:
@@ -126,44 +129,15 @@ def _catalog_rows(ids: list[str]) -> list[tuple[str, str, bool]]:
     ]
 
 
-# Flags read from the hot set of unavailable items, kept while its version stays the same (every
-# change of the set bumps it): (version, {item: unavailable}).
-_flags: tuple[int | None, dict[str, bool]] = (None, {})
+# What this process has resolved under the hot set's current version: item -> its category if it
+# may be shown, None if not (unknown, deleted, unavailable). Every change of the set bumps the
+# version, which starts a new map; so does the end of the categories' lifetime.
+_shown: tuple[tuple[int, float] | None, dict[str, str | None]] = (None, {})
 
 
-def _unavailable(item_ids: list[str], version: int | None) -> set[str]:
-    global _flags
-    if version is None:
-        return features.item_unavailable_among(item_ids)
-    seen_version, flags = _flags
-    if seen_version != version or len(flags) > _CATEGORY_CACHE_MAX:
-        flags = {}
-        _flags = (version, flags)
-    unknown = [item_id for item_id in item_ids if item_id not in flags]
-    if unknown:
-        out = features.item_unavailable_among(unknown)
-        flags.update({item_id: item_id in out for item_id in unknown})
-    return {item_id for item_id in item_ids if flags[item_id]}
-
-
-def recommendable_categories(
-    item_ids: Iterable[str], *, unavailable_version: int | None = None
-) -> dict[str, str]:
-    """External id -> category path of those items that may be shown (in the catalog, available).
-
-    Availability comes from the feature store's hot set of unavailable items (the database when
-    Redis is down or not yet filled); with the set's `unavailable_version` (read with the
-    shopper's features), flags this process read under the same version are reused, so a
-    repeated candidate costs no round trip. Items this process has not seen yet are read from
-    the database, which also says whether they may be shown."""
-    global _categories, _categories_until
-    ids = list(dict.fromkeys(item_ids))
-    if not ids:
-        return {}
-    now = time.monotonic()
-    if now >= _categories_until or len(_categories) > _CATEGORY_CACHE_MAX:
-        with _categories_lock:
-            _categories, _categories_until = {}, now + CATEGORY_CACHE_SECONDS
+def _resolve(ids: list[str]) -> dict[str, str | None]:
+    """Category if shown, else None, for each of `ids`: categories from the per-process cache
+    (the database for those it lacks), availability from the hot set."""
     known = _categories
     missing = [item_id for item_id in ids if item_id not in known]
     hidden: set[str] = set()
@@ -182,8 +156,41 @@ def recommendable_categories(
         for item_id in ids
         if item_id not in hidden and (category := known.get(item_id)) is not None
     }
-    unavailable = _unavailable(list(categories), unavailable_version) if categories else set()
-    return {item_id: c for item_id, c in categories.items() if item_id not in unavailable}
+    unavailable = features.item_unavailable_among(list(categories)) if categories else set()
+    return {item_id: None if item_id in unavailable else categories.get(item_id) for item_id in ids}
+
+
+def recommendable_categories(
+    item_ids: Iterable[str], *, unavailable_version: int | None = None
+) -> dict[str, str]:
+    """External id -> category path of those items that may be shown (in the catalog, available).
+
+    Availability comes from the feature store's hot set of unavailable items (the database when
+    Redis is down or not yet filled); with the set's `unavailable_version` (read with the
+    shopper's features), what this process resolved under the same version is reused, so a
+    repeated candidate costs no round trip and a few dictionary look-ups. Items this process
+    has not seen yet are read from the database, which also says whether they may be shown."""
+    global _categories, _categories_until, _shown
+    ids = item_ids if isinstance(item_ids, list) else list(dict.fromkeys(item_ids))
+    if not ids:
+        return {}
+    now = time.monotonic()
+    if now >= _categories_until or len(_categories) > _CATEGORY_CACHE_MAX:
+        with _categories_lock:
+            _categories, _categories_until = {}, now + CATEGORY_CACHE_SECONDS
+    if unavailable_version is None:
+        resolved = _resolve(ids)
+        return {item_id: c for item_id in ids if (c := resolved[item_id]) is not None}
+    epoch, shown = _shown
+    if epoch != (unavailable_version, _categories_until) or len(shown) > _CATEGORY_CACHE_MAX:
+        shown = {}
+        _shown = ((unavailable_version, _categories_until), shown)
+    todo = [item_id for item_id in ids if item_id not in shown]
+    if todo:
+        # A deleted or unavailable item is in the hot set too, and making it available again
+        # changes the version: each answer holds until then.
+        shown.update(_resolve(todo))
+    return {item_id: c for item_id in ids if (c := shown[item_id]) is not None}
 
 
 def item_exists(item_id: str) -> bool:

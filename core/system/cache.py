@@ -8,10 +8,14 @@ between threads (it takes a connection from its pool per command), so one per po
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 from django.core.cache.backends.redis import RedisCacheClient as DjangoRedisCacheClient
@@ -39,6 +43,78 @@ class RedisCache(DjangoRedisCache):
         self._class = RedisCacheClient
 
 
+logger = logging.getLogger(__name__)
+
+
+class _Deferred:
+    """A connection of this process's own on which writes are sent without waiting for their
+    replies: a request no longer waits a Redis round trip (about 0.2 ms on loopback, more when
+    Redis waits for a core) for writes whose answer it does not need. Replies are read the next
+    time the connection is used, when they have long arrived; an error reply is logged then.
+    Redis runs each connection's commands in order, and a write is on the wire before the request
+    that made it answers, so a later request for the same key (a next page) finds it; `flush`
+    waits for every reply, for the rare reader that must be sure."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connection: redis.connection.AbstractConnection | None = None
+        self._pid = 0
+        self._pending = 0
+
+    def send(self, pool: redis.ConnectionPool, commands: list[tuple]) -> None:
+        with self._lock:
+            connection = self._connect(pool)
+            try:
+                self._read(connection, wait=False)
+                connection.send_packed_command(connection.pack_commands(commands), False)
+            except Exception:
+                self._drop()
+                raise
+            self._pending += len(commands)
+
+    def flush(self) -> None:
+        """Wait for the replies to every write sent so far (each one has then been applied)."""
+        with self._lock:
+            if self._connection is None or self._pid != os.getpid():
+                return
+            try:
+                self._read(self._connection, wait=True)
+            except Exception:
+                self._drop()
+                raise
+
+    def _connect(self, pool: redis.ConnectionPool) -> redis.connection.AbstractConnection:
+        if self._connection is not None and self._pid == os.getpid():
+            return self._connection
+        # A connection inherited through fork belongs to the parent: leave its socket alone.
+        self._connection, self._pending = None, 0
+        connection = pool.connection_class(**pool.connection_kwargs)
+        connection.connect()
+        self._connection, self._pid = connection, os.getpid()
+        return connection
+
+    def _read(self, connection: redis.connection.AbstractConnection, *, wait: bool) -> None:
+        while self._pending and (wait or connection.can_read(timeout=0)):
+            self._pending -= 1
+            try:
+                connection.read_response(disable_decoding=True)
+            except redis.ResponseError as exc:  # the command failed; the connection is fine
+                logger.warning("a deferred cache write failed: %s", exc)
+
+    def _drop(self) -> None:
+        connection, self._connection, self._pending = self._connection, None, 0
+        if connection is not None:
+            connection.disconnect()
+
+
+_deferred = _Deferred()
+
+
+def flush_deferred() -> None:
+    """Wait until every write this process sent with `wait=False` is applied."""
+    _deferred.flush()
+
+
 @dataclass(frozen=True)
 class Entry:
     key: str
@@ -47,26 +123,34 @@ class Entry:
     indexed: bool = False  # also recorded in the index, for `delete_indexed`
 
 
-def write_many(entries: Sequence[Entry], *, index: str | None = None) -> None:
+def write_many(entries: Sequence[Entry], *, index: str | None = None, wait: bool = True) -> None:
     """Set several keys, each with its own timeout, in one round trip on Redis. The keys of
     `indexed` entries are added to the set `index` (kept as long as the longest of them), so
-    that `delete_indexed(index)` removes them all later. Raises what the cache raises."""
+    that `delete_indexed(index)` removes them all later. Raises what the cache raises.
+
+    `wait=False`: send the writes and return without waiting for Redis's answer (see
+    `_Deferred`); a failure shows as an exception only if the writes could not be sent."""
     indexed = [entry for entry in entries if entry.indexed] if index else []
     backend = caches["default"]
     if isinstance(backend, RedisCache):
-        client = backend._cache.get_client(write=True)
         dumps = backend._cache._serializer.dumps  # type: ignore[attr-defined]
-        pipe = client.pipeline(transaction=False)
+        commands: list[tuple] = []
         for entry in entries:
-            pipe.set(
-                backend.make_and_validate_key(entry.key),
-                dumps(entry.value),
-                ex=backend.get_backend_timeout(entry.timeout),  # type: ignore[arg-type]
-            )
+            key = backend.make_and_validate_key(entry.key)
+            expiry = backend.get_backend_timeout(entry.timeout)  # type: ignore[arg-type]
+            expires = () if expiry is None else ("EX", expiry)
+            commands.append(("SET", key, dumps(entry.value), *expires))
         if index and indexed:
             index_key = backend.make_and_validate_key(index)
-            pipe.sadd(index_key, *(entry.key for entry in indexed))
-            pipe.expire(index_key, max(entry.timeout for entry in indexed))
+            commands.append(("SADD", index_key, *(entry.key for entry in indexed)))
+            commands.append(("EXPIRE", index_key, max(entry.timeout for entry in indexed)))
+        client = backend._cache.get_client(write=True)
+        if not wait:
+            _deferred.send(client.connection_pool, commands)
+            return
+        pipe = client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
         pipe.execute()
         return
     for entry in entries:
@@ -76,10 +160,26 @@ def write_many(entries: Sequence[Entry], *, index: str | None = None) -> None:
         backend.set(index, keys[-10_000:], timeout=max(e.timeout for e in indexed))
 
 
+def redis_key(key: str) -> str | None:
+    """The Redis key under which the default cache stores `key` (None: not a Redis cache)."""
+    backend = caches["default"]
+    if isinstance(backend, RedisCache):
+        return backend.make_and_validate_key(key)
+    return None
+
+
+def redis_loads(raw: bytes | None) -> Any:
+    """A value as the default cache stored it in Redis (read there by other means), or None."""
+    if raw is None:
+        return None
+    return caches["default"]._cache._serializer.loads(raw)  # type: ignore[attr-defined]
+
+
 def delete_indexed(index: str) -> int:
     """Delete every key recorded in `index`, and the index; how many of them still existed."""
     backend = caches["default"]
     if isinstance(backend, RedisCache):
+        flush_deferred()  # this process's writes in flight land first
         client = backend._cache.get_client(write=True)
         index_key = backend.make_and_validate_key(index)
         members = [

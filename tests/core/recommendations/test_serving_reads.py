@@ -131,7 +131,7 @@ def test_impressions_wait_while_the_database_is_away_and_overflow_is_counted(set
     settings.RECOMMENDATIONS_IMPRESSION_BUFFER = 100
     dropped_before = IMPRESSIONS_DROPPED._value.get()
     rows = [
-        Impression(recommendation_id=f"{n:032x}", page=1, surface="user", source="model")
+        impressions.ImpressionRow(f"{n:032x}", page=1, surface="user", source="model")
         for n in range(103)
     ]
 
@@ -331,3 +331,83 @@ def test_availability_flags_are_reused_until_the_hot_set_changes(
 
     assert first[0] not in after
     assert "SMISMEMBER" in commands
+
+
+def test_writes_sent_without_waiting_land_and_a_failed_one_leaves_the_next_alone(
+    settings, caplog
+):
+    if not settings.CACHES["default"]["BACKEND"].endswith("RedisCache"):
+        pytest.skip("the suite runs without Redis")
+    from core.system.cache import Entry, flush_deferred, write_many
+
+    cache.set("not-a-set", "text")
+    # The index is a string key: Redis refuses the SADD, which is read and logged later.
+    write_many([Entry("d1", [1], 60, indexed=True)], index="not-a-set", wait=False)
+    write_many([Entry("d2", {"x": 2}, 60)], wait=False)
+    flush_deferred()
+
+    assert (cache.get("d1"), cache.get("d2")) == ([1], {"x": 2})
+    assert "a deferred cache write failed" in caplog.text
+
+
+def test_a_known_shoppers_cached_answer_takes_one_read_and_one_unanswered_write(
+    serving, catalog, post_events, reader, monkeypatch, settings
+):
+    if not settings.CACHES["default"]["BACKEND"].endswith("RedisCache"):
+        pytest.skip("the suite runs without Redis")
+    import redis as redis_lib
+
+    from core.system import cache as cache_module
+
+    post_events({"user_id": "u1", "item_id": "item-1", "type": "view"})
+    features_catalog_sync(full=True)
+    first = reader.get(URL.format("u1"), {"count": 5})
+    assert first.json()["source"] == "model"  # the answer, and the shopper's last answer, stored
+    reads: list[list[str]] = []
+    sends: list[list[str]] = []
+    real_execute = redis_lib.client.Pipeline.execute
+    real_command = redis_lib.Redis.execute_command
+    real_send = cache_module._Deferred.send
+
+    def pipeline(self, *args, **kwargs):
+        reads.append([str(command[0][0]).upper() for command in self.command_stack])
+        return real_execute(self, *args, **kwargs)
+
+    def command(self, *args, **kwargs):
+        reads.append([str(args[0]).upper()])
+        return real_command(self, *args, **kwargs)
+
+    def send(self, pool, commands):
+        sends.append([str(command[0]) for command in commands])
+        return real_send(self, pool, commands)
+
+    monkeypatch.setattr(redis_lib.client.Pipeline, "execute", pipeline)
+    monkeypatch.setattr(redis_lib.Redis, "execute_command", command)
+    monkeypatch.setattr(cache_module._Deferred, "send", send)
+    cached = reader.get(URL.format("u1"), {"count": 5})
+
+    assert cached.json()["source"] == "cache"
+    assert ids(cached)[:3] == ids(first)[:3]
+    # The shopper's features, the hot set's version, the model generation and the last answer:
+    # one round trip; no separate look-up of the cached answer.
+    feature_reads = [read for read in reads if "ZRANGE" in read]
+    assert feature_reads == [["GET", "ZRANGE", "GET", "GET", "GET"]]
+    assert not [read for read in reads if "MGET" in read]
+    assert len(sends) == 1 and sends[0][0] == "SET"  # the stored list, sent unanswered
+
+    post_events({"user_id": "u1", "item_id": "item-4", "type": "click"})
+    assert reader.get(URL.format("u1"), {"count": 5}).json()["source"] == "model"
+
+
+def test_a_last_answer_stored_before_it_kept_its_key_still_serves_as_a_fallback():
+    from core.recommendations.model_gateway import LastAnswer
+
+    old = LastAnswer(3, [("item-1", 0.5), ("item-2", 0.25)])
+    new = LastAnswer(3, ("model:rec:k", 3, "recommender", 2, [("item-9", 0.75)]))
+
+    assert old.items() == [("item-1", 0.5), ("item-2", 0.25)] and old.answer("model:rec:k") is None
+    assert new.items() == [("item-9", 0.75)]
+    answer = new.answer("model:rec:k")
+    assert answer is not None and answer.was_last and answer.model_version == 2
+    assert LastAnswer(4, new.value).answer("model:rec:k") is None  # another model generation
+    assert new.answer("model:rec:other") is None  # another history
