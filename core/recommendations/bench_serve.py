@@ -618,7 +618,7 @@ def _feature_store_intact() -> bool:
     store = hotstore.client("job")
     if store is None:
         return False
-    return all(store.exists(hotstore.marker_key(name)) for name in ("activity", "neighbours"))
+    return all(store.exists(hotstore.marker_key(name)) for name in ("activity", "items", "neighbours"))
 
 
 def _ratio(endpoint: Phase, grpc: Phase, q: float) -> float | None:
