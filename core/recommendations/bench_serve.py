@@ -618,7 +618,8 @@ def _feature_store_intact() -> bool:
     store = hotstore.client("job")
     if store is None:
         return False
-    return all(store.exists(hotstore.marker_key(name)) for name in ("activity", "items", "neighbours"))
+    consumers = ("activity", "items", "neighbours")
+    return all(store.exists(hotstore.marker_key(name)) for name in consumers)
 
 
 def _ratio(endpoint: Phase, grpc: Phase, q: float) -> float | None:

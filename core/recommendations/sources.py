@@ -94,19 +94,64 @@ def items_not_to_repeat(user_id: str) -> set[str]:
 
 
 # Item categories rarely change and are read for every candidate of every request: each web
-# process keeps those it has read (None: no such item) for this long, at most _CATEGORY_CACHE_MAX.
+# process keeps those it has read (None: no such item), at most _CATEGORY_CACHE_MAX, and reads
+# them all again every CATEGORY_CACHE_SECONDS in a thread of its own while requests go on with
+# the map they have (emptying it instead had every request of the next second or so query the
+# catalog for its candidates: a stall that showed in the serving benchmark's p99).
 CATEGORY_CACHE_SECONDS = 60.0
 _CATEGORY_CACHE_MAX = 500_000
 _categories: dict[str, str | None] = {}
 _categories_until = 0.0
+_categories_epoch = 0  # bumped when a refresh finds a category changed
+_categories_refreshing = False
 _categories_lock = threading.Lock()
 
 
 def categories_cache_clear() -> None:
-    global _categories, _categories_until, _shown
+    global _categories, _categories_until, _categories_epoch, _shown
     with _categories_lock:
         _categories, _categories_until = {}, 0.0
+        _categories_epoch += 1
         _shown = (None, {})
+
+
+def _categories_refresh_start(now: float) -> None:
+    global _categories_until, _categories_refreshing
+    with _categories_lock:
+        if _categories_refreshing or now < _categories_until:
+            return
+        _categories_until = now + CATEGORY_CACHE_SECONDS
+        if not _categories:
+            return
+        _categories_refreshing = True
+    threading.Thread(
+        target=_categories_refresh, args=(list(_categories),), name="categories", daemon=True
+    ).start()
+
+
+def _categories_refresh(ids: list[str]) -> None:
+    """Read the categories of `ids` again, then swap the maps (ids first seen meanwhile kept)."""
+    global _categories, _categories_until, _categories_epoch, _categories_refreshing
+    try:
+        fresh: dict[str, str | None] = dict.fromkeys(ids)
+        for start in range(0, len(ids), 10_000):
+            rows = _catalog_rows(ids[start : start + 10_000])
+            fresh.update({external_id: category for external_id, category, _ in rows})
+        with _categories_lock:
+            old = _categories
+            changed = any(
+                old.get(item_id, category) != category for item_id, category in fresh.items()
+            )
+            _categories = {**old, **fresh}
+            if changed:
+                _categories_epoch += 1
+    except Exception:  # the database is away: keep the map, try again in a few seconds
+        logger.warning("catalog: could not refresh the categories", exc_info=True)
+        with _categories_lock:
+            _categories_until = min(_categories_until, time.monotonic() + 5.0)
+    finally:
+        _categories_refreshing = False
+        connection.close()  # this thread's own
 
 
 def _catalog_rows(ids: list[str]) -> list[tuple[str, str, bool]]:
@@ -131,8 +176,8 @@ def _catalog_rows(ids: list[str]) -> list[tuple[str, str, bool]]:
 
 # What this process has resolved under the hot set's current version: item -> its category if it
 # may be shown, None if not (unknown, deleted, unavailable). Every change of the set bumps the
-# version, which starts a new map; so does the end of the categories' lifetime.
-_shown: tuple[tuple[int, float] | None, dict[str, str | None]] = (None, {})
+# version, which starts a new map; so does a refresh of the categories that finds one changed.
+_shown: tuple[tuple[int, int] | None, dict[str, str | None]] = (None, {})
 
 
 def _resolve(ids: list[str]) -> dict[str, str | None]:
@@ -170,21 +215,24 @@ def recommendable_categories(
     shopper's features), what this process resolved under the same version is reused, so a
     repeated candidate costs no round trip and a few dictionary look-ups. Items this process
     has not seen yet are read from the database, which also says whether they may be shown."""
-    global _categories, _categories_until, _shown
+    global _categories, _categories_until, _categories_epoch, _shown
     ids = item_ids if isinstance(item_ids, list) else list(dict.fromkeys(item_ids))
     if not ids:
         return {}
     now = time.monotonic()
-    if now >= _categories_until or len(_categories) > _CATEGORY_CACHE_MAX:
+    if len(_categories) > _CATEGORY_CACHE_MAX:
         with _categories_lock:
             _categories, _categories_until = {}, now + CATEGORY_CACHE_SECONDS
+            _categories_epoch += 1
+    elif now >= _categories_until:
+        _categories_refresh_start(now)
     if unavailable_version is None:
         resolved = _resolve(ids)
         return {item_id: c for item_id in ids if (c := resolved[item_id]) is not None}
     epoch, shown = _shown
-    if epoch != (unavailable_version, _categories_until) or len(shown) > _CATEGORY_CACHE_MAX:
+    if epoch != (unavailable_version, _categories_epoch) or len(shown) > _CATEGORY_CACHE_MAX:
         shown = {}
-        _shown = ((unavailable_version, _categories_until), shown)
+        _shown = ((unavailable_version, _categories_epoch), shown)
     todo = [item_id for item_id in ids if item_id not in shown]
     if todo:
         # A deleted or unavailable item is in the hot set too, and making it available again

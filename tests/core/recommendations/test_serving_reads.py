@@ -411,3 +411,29 @@ def test_a_last_answer_stored_before_it_kept_its_key_still_serves_as_a_fallback(
     assert answer is not None and answer.was_last and answer.model_version == 2
     assert LastAnswer(4, new.value).answer("model:rec:k") is None  # another model generation
     assert new.answer("model:rec:other") is None  # another history
+
+
+def test_categories_are_read_again_in_the_background_while_requests_use_the_old_ones(
+    serving, catalog, monkeypatch
+):
+    import time
+
+    from core.catalog.models import Item
+
+    features_catalog_sync(full=True)
+    assert sources.recommendable_categories(["item-1"], unavailable_version=1) == {
+        "item-1": "books/scifi"
+    }
+    Item.objects.filter(external_id="item-1").update(category="toys/robots")
+    monkeypatch.setattr(sources, "_categories_until", 0.0)  # the cache's lifetime is over
+
+    # This request starts the refresh and is answered from the map it has, without waiting.
+    assert sources.recommendable_categories(["item-1"], unavailable_version=1) == {
+        "item-1": "books/scifi"
+    }
+    deadline = time.monotonic() + 10
+    while sources.recommendable_categories(["item-1"], unavailable_version=1) != {
+        "item-1": "toys/robots"
+    }:
+        assert time.monotonic() < deadline, "the refresh never replaced the category"
+        time.sleep(0.02)
