@@ -333,9 +333,7 @@ def test_availability_flags_are_reused_until_the_hot_set_changes(
     assert "SMISMEMBER" in commands
 
 
-def test_writes_sent_without_waiting_land_and_a_failed_one_leaves_the_next_alone(
-    settings, caplog
-):
+def test_writes_sent_without_waiting_land_and_a_failed_one_leaves_the_next_alone(settings, caplog):
     if not settings.CACHES["default"]["BACKEND"].endswith("RedisCache"):
         pytest.skip("the suite runs without Redis")
     from core.system.cache import Entry, flush_deferred, write_many
