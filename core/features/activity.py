@@ -271,7 +271,30 @@ def _items_apply_sql(after: int, upto: int) -> dict[int, ItemState]:
         }
 
 
-class ActivityConsumer:
+class _HotConsumer:
+    """What the shoppers' and the items' consumers share: how a batch's values reach Redis."""
+
+    def republished(self, rows: list[EventRow]) -> Outcome:
+        raise NotImplementedError
+
+    def prepare(self, outcome: Outcome) -> Prepared:
+        return _prepare(outcome)
+
+    def publish(self, store: redis.Redis, prepared: Prepared) -> None:
+        _send(store, prepared)
+
+    def republish(self, store: redis.Redis, after: int, upto: int) -> None:
+        """Write the committed values of the events in (after, upto] to Redis again."""
+        size = settings.FEATURES_BATCH_SIZE
+        while after < upto:
+            rows = events_fetch(after, size, upto)
+            if not rows:
+                break
+            _publish(store, self.republished(rows))
+            after = rows[-1][0]
+
+
+class ActivityConsumer(_HotConsumer):
     """Per-shopper counts and recent sequence: the fresh path (an accepted event should be in
     its shopper's features within 2 s). Items are a consumer of their own (`ItemsConsumer`,
     its own watermark), run beside it, so a busy machine's CPU goes to the shoppers' fold first
@@ -308,22 +331,9 @@ class ActivityConsumer:
         )
         return Outcome(rows=rows, users=users, items={})
 
-    def prepare(self, outcome: Outcome) -> Prepared:
-        return _prepare(outcome)
-
-    def publish(self, store: redis.Redis, prepared: Prepared) -> None:
-        _send(store, prepared)
-
-    def republish(self, store: redis.Redis, after: int, upto: int) -> None:
-        size = settings.FEATURES_BATCH_SIZE
-        while after < upto:
-            rows = events_fetch(after, size, upto)
-            if not rows:
-                break
-            # Rows of a forgotten shopper are gone: nothing to publish for them.
-            users = users_load({row[1] for row in rows})
-            _publish(store, Outcome(rows=rows, users=users, items={}))
-            after = rows[-1][0]
+    def republished(self, rows: list[EventRow]) -> Outcome:
+        # Rows of a forgotten shopper are gone: nothing to publish for them.
+        return Outcome(rows=rows, users=users_load({row[1] for row in rows}), items={})
 
     def rebuild_hot(self, store: redis.Redis) -> None:
         patterns = ("feat:u:*", "feat:s:*")
@@ -336,7 +346,7 @@ class ActivityConsumer:
         UserFeatures.objects.all().delete()
 
 
-class ItemsConsumer:
+class ItemsConsumer(_HotConsumer):
     """Per-item popularity, trends and conversion counts, overall and per category."""
 
     name = "items"
@@ -382,21 +392,9 @@ class ItemsConsumer:
         )
         return Outcome(rows=[], users={}, items=items)
 
-    def prepare(self, outcome: Outcome) -> Prepared:
-        return _prepare(outcome)
-
-    def publish(self, store: redis.Redis, prepared: Prepared) -> None:
-        _send(store, prepared)
-
-    def republish(self, store: redis.Redis, after: int, upto: int) -> None:
-        size = settings.FEATURES_BATCH_SIZE
-        while after < upto:
-            rows = events_fetch(after, size, upto)
-            if not rows:
-                break
-            item_ids = {row[2] for row in rows if row[2] is not None}
-            _publish(store, Outcome(rows=[], users={}, items=items_load(item_ids)))
-            after = rows[-1][0]
+    def republished(self, rows: list[EventRow]) -> Outcome:
+        item_ids = {row[2] for row in rows if row[2] is not None}
+        return Outcome(rows=[], users={}, items=items_load(item_ids))
 
     def rebuild_hot(self, store: redis.Redis) -> None:
         for pattern in ("feat:i:*", "feat:z:*"):
