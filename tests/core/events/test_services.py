@@ -50,6 +50,16 @@ def wait_until(condition, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
+def a_session_waits_on_a_lock() -> bool:
+    """Another session of this database is blocked on a lock (the second of two ingests)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0] > 0
+
+
 @postgresql_only
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("catalog", ["known", "created by the first request"])
@@ -85,15 +95,7 @@ def test_two_racing_retries_store_each_event_once(catalog):
     first_claimed.wait(10)
 
     # when: the second blocks on the first's uncommitted keys, then the first commits
-    def second_is_waiting_on_a_lock() -> bool:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            return cursor.fetchone()[0] > 0
-
-    wait_until(second_is_waiting_on_a_lock)
+    wait_until(a_session_waits_on_a_lock)
     release_first.set()
     for thread in threads:
         thread.join(20)
@@ -296,15 +298,7 @@ def test_import_store_claims_each_key_once(overlap):
             thread.start()
         first_claimed.wait(10)
 
-        def second_is_waiting_on_a_lock() -> bool:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-                return cursor.fetchone()[0] > 0
-
-        wait_until(second_is_waiting_on_a_lock)
+        wait_until(a_session_waits_on_a_lock)
         release_first.set()
         for thread in threads:
             thread.join(20)
