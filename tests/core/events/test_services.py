@@ -60,6 +60,39 @@ def a_session_waits_on_a_lock() -> bool:
         return cursor.fetchone()[0] > 0
 
 
+def race_two(store) -> dict:
+    """`store` run twice at once: the first inside a transaction kept open until the second is
+    blocked on its locks, then committed; {"first": result, "second": result}."""
+    first_claimed, release_first = threading.Event(), threading.Event()
+    results = {}
+
+    def first():
+        try:
+            with transaction.atomic():
+                results["first"] = store()
+                first_claimed.set()
+                release_first.wait(10)
+        finally:
+            connections.close_all()
+
+    def second():
+        try:
+            first_claimed.wait(10)
+            results["second"] = store()
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    first_claimed.wait(10)
+    wait_until(a_session_waits_on_a_lock)
+    release_first.set()
+    for thread in threads:
+        thread.join(20)
+    return results
+
+
 @postgresql_only
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("catalog", ["known", "created by the first request"])
@@ -70,35 +103,9 @@ def test_two_racing_retries_store_each_event_once(catalog):
         events_ingest(events=batch(11, prefix="warm-up"))
         Event.objects.all().delete()
         EventKey.objects.all().delete()
-    first_claimed, release_first = threading.Event(), threading.Event()
-    results = {}
-
-    def first():
-        try:
-            with transaction.atomic():
-                results["first"] = events_ingest(events=events)
-                first_claimed.set()
-                release_first.wait(10)
-        finally:
-            connections.close_all()
-
-    def second():
-        try:
-            first_claimed.wait(10)
-            results["second"] = events_ingest(events=events)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for thread in threads:
-        thread.start()
-    first_claimed.wait(10)
 
     # when: the second blocks on the first's uncommitted keys, then the first commits
-    wait_until(a_session_waits_on_a_lock)
-    release_first.set()
-    for thread in threads:
-        thread.join(20)
+    results = race_two(lambda: events_ingest(events=events))
 
     # then
     assert results["first"].accepted == 200
@@ -270,38 +277,9 @@ def test_import_store_claims_each_key_once(overlap):
         result = events_store_prepared(prepared=events_prepare(events=events, id_cache=cache))
         assert (result.accepted, result.duplicates) == (100, 100)
     else:
-        first_claimed, release_first = threading.Event(), threading.Event()
-        results = {}
-
-        def first():
-            try:
-                with transaction.atomic():
-                    results["first"] = events_store_prepared(
-                        prepared=events_prepare(events=events, id_cache={})
-                    )
-                    first_claimed.set()
-                    release_first.wait(10)
-            finally:
-                connections.close_all()
-
-        def second():
-            try:
-                first_claimed.wait(10)
-                results["second"] = events_store_prepared(
-                    prepared=events_prepare(events=events, id_cache={})
-                )
-            finally:
-                connections.close_all()
-
-        threads = [threading.Thread(target=first), threading.Thread(target=second)]
-        for thread in threads:
-            thread.start()
-        first_claimed.wait(10)
-
-        wait_until(a_session_waits_on_a_lock)
-        release_first.set()
-        for thread in threads:
-            thread.join(20)
+        results = race_two(
+            lambda: events_store_prepared(prepared=events_prepare(events=events, id_cache={}))
+        )
         assert (results["first"].accepted, results["second"].accepted) == (200, 0)
         assert results["second"].duplicates == 200
 
