@@ -8,7 +8,7 @@ table for imports); a retry, even a concurrent one, finds the keys taken and sto
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from operator import itemgetter
@@ -546,50 +546,44 @@ def _text_array(batch: list[_Row]) -> str | list[str]:
     return '{"' + text + '"}'
 
 
+def _copy(cursor: psycopg.Cursor, sql: str, types: Sequence[str], rows: Iterable[tuple]) -> None:
+    # Binary COPY: psycopg encodes the rows in C (a fifth of the text format's CPU).
+    with cursor.copy(sql) as copy:
+        copy.set_types(types)
+        write_row = copy.write_row
+        for row in rows:
+            write_row(row)
+
+
 def _copy_to_stage(cursor: psycopg.Cursor, batch: list[_Row]) -> None:
     cursor.execute(_CREATE_STAGE)
-    # Binary COPY: psycopg encodes the rows in C (a fifth of the text format's CPU).
-    with cursor.copy(f"COPY {_STAGE} ({_STAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(_STAGE_TYPES)
-        write_row = copy.write_row
-        for e, user_pk, item_pk in batch:
-            write_row(
-                (
-                    e.event_id,
-                    user_pk,
-                    item_pk,
-                    e.session_id,
-                    e.type,
-                    e.value,
-                    e.timestamp,
-                    e.recommendation_id,
-                    e.context,
-                )
-            )
+    _copy(
+        cursor,
+        f"COPY {_STAGE} ({_STAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)",
+        _STAGE_TYPES,
+        (
+            (e.event_id, user_pk, item_pk, e.session_id, e.type, e.value, e.timestamp,
+             e.recommendation_id, e.context)
+            for e, user_pk, item_pk in batch
+        ),
+    )  # fmt: skip
 
 
 def _copy_events(cursor: psycopg.Cursor, batch: list[_Row], now: datetime) -> None:
     """COPY rows whose keys are claimed into `events_event`, in user order (stable: a file's
     own order within a shopper), so each partition's (user_id, timestamp) index is written leaf
     after leaf rather than at random."""
-    with cursor.copy(f"COPY events_event ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(_EVENT_TYPES)
-        write_row = copy.write_row
-        for e, user_pk, item_pk in sorted(batch, key=itemgetter(1)):
-            write_row(
-                (
-                    e.event_id,
-                    user_pk,
-                    item_pk,
-                    e.session_id,
-                    e.type,
-                    e.value,
-                    e.timestamp,
-                    now,
-                    e.recommendation_id,
-                    None if e.context is None else Jsonb(e.context, dumps=str),  # JSON already
-                )
-            )
+    _copy(
+        cursor,
+        f"COPY events_event ({_COLUMNS}) FROM STDIN (FORMAT BINARY)",
+        _EVENT_TYPES,
+        (
+            (e.event_id, user_pk, item_pk, e.session_id, e.type, e.value, e.timestamp, now,
+             e.recommendation_id,
+             None if e.context is None else Jsonb(e.context, dumps=str))  # JSON already
+            for e, user_pk, item_pk in sorted(batch, key=itemgetter(1))
+        ),
+    )  # fmt: skip
 
 
 def _store_portable(batch: list[_Row], now: datetime) -> int:
