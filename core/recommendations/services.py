@@ -321,8 +321,11 @@ def recommendations_for_user(
     shopper = sources.shopper(user_id, also=prefetch)
     last = None
     if prefetch and len(shopper.also) == 2:
-        generation, value = (redis_loads(raw) for raw in shopper.also)
-        last = model_gateway.LastAnswer(int(generation or 0), value)
+        try:
+            generation, value = (redis_loads(raw) for raw in shopper.also)
+            last = model_gateway.LastAnswer(int(generation or 0), value)
+        except Exception:  # unreadable: as if there were none (the cache is asked instead)
+            logger.warning("shopper %r: unreadable last answer", user_id, exc_info=True)
     history = _history(shopper, session_items)
     excluded = set(exclude) | shopper.not_to_repeat
     want = settings.RECOMMENDATIONS_LIST_LENGTH + len(excluded)

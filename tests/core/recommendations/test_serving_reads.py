@@ -435,3 +435,21 @@ def test_categories_are_read_again_in_the_background_while_requests_use_the_old_
     }:
         assert time.monotonic() < deadline, "the refresh never replaced the category"
         time.sleep(0.02)
+
+
+def test_an_unreadable_last_answer_is_passed_over_for_the_cache(
+    serving, catalog, post_events, reader, settings
+):
+    if not settings.CACHES["default"]["BACKEND"].endswith("RedisCache"):
+        pytest.skip("the suite runs without Redis")
+    from core.recommendations.services import _last_good_key
+    from core.system.cache import redis_key
+
+    post_events({"user_id": "u1", "item_id": "item-1", "type": "view"})
+    first = reader.get(URL.format("u1"), {"count": 5})
+    cache._cache.get_client(write=True).set(redis_key(_last_good_key("u1")), b"\x80not a pickle")
+
+    again = reader.get(URL.format("u1"), {"count": 5})
+
+    assert again.status_code == 200 and again.json()["source"] == "cache"
+    assert ids(again) == ids(first)
