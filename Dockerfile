@@ -13,4 +13,5 @@ RUN pip install --no-deps -e . \
     && chown app /var/lib/recommender /models
 USER app
 EXPOSE 8000
-CMD ["gunicorn", "recommender.wsgi:application", "--bind=0.0.0.0:8000"]
+CMD ["granian", "--interface=wsgi", "--host=0.0.0.0", "--port=8000", "--workers=2", \
+     "--blocking-threads=4", "--no-ws", "--respawn-failed-workers", "recommender.wsgi:application"]

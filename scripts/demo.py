@@ -30,6 +30,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.system import webserver
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
@@ -236,17 +238,15 @@ def main(argv: list[str] | None = None) -> int:
             [PYTHON, "-m", "celery", "-A", "recommender", "beat", "--loglevel=INFO",
              f"--schedule={var_dir / 'celerybeat-schedule'}"],
         )  # fmt: skip
-        # /metrics adds up both gunicorn workers through files in an empty folder.
+        # /metrics adds up both web workers through files in an empty folder.
         metrics_dir = var_dir / "prometheus"
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir()
         supervisor.start(
             "web",
-            [PYTHON, "-m", "gunicorn", "recommender.wsgi:application",
-             f"--bind=127.0.0.1:{web_port}", "--workers=2", "--threads=4",
-             "--access-logfile=-"],
+            webserver.command(port=web_port, workers=2, threads=4, access_log=True, python=PYTHON),
             extra_env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
-        )  # fmt: skip
+        )
         wait_for_http(f"{base_url}/healthz", supervisor, 60)
         readiness = wait_for_http(f"{base_url}/readyz", supervisor, 120)
         say(f"ready: {', '.join(readiness['checks'])} answer")

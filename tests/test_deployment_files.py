@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.system import webserver
+
 ROOT = Path(__file__).resolve().parents[1]
 APP_SERVICES = ("web", "worker", "beat", "migrate")
 
@@ -57,7 +59,9 @@ def test_app_services_set_only_variables_the_settings_read(compose):
 
 def test_app_commands_start_what_they_say(compose):
     services = compose["services"]
-    assert services["web"]["command"][:2] == ["gunicorn", "recommender.wsgi:application"]
+    web = services["web"]["command"]
+    assert web[0] == "granian" and web[-1] == webserver.APPLICATION
+    assert "--interface=wsgi" in web
     assert services["worker"]["command"][:4] == ["celery", "-A", "recommender", "worker"]
     assert services["beat"]["command"][:4] == ["celery", "-A", "recommender", "beat"]
     migrate = " ".join(services["migrate"]["command"])

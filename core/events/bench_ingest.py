@@ -31,6 +31,8 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import psycopg
 
+from core.system import webserver
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -39,8 +41,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=1_000_000, help="events sent over HTTP")
     parser.add_argument("--batch", type=int, default=1000, help="events per request")
     parser.add_argument("--concurrency", type=int, default=4, help="client connections")
-    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--workers", type=int, default=3, help="web server worker processes")
+    parser.add_argument("--threads", type=int, default=4, help="Python threads per web worker")
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--rate", type=int, default=200, help="single-event requests per second")
@@ -206,26 +208,11 @@ class Server:
     def __init__(self, env: dict[str, str], workers: int, threads: int) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("gunicorn")),
-                "recommender.wsgi:application",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--workers",
-                str(workers),
-                "--worker-class",
-                "gthread",
-                "--threads",
-                str(threads),
-                "--keep-alive",
-                "30",
-                "--log-level",
-                "warning",
-            ],
+            webserver.command(port=self.port, workers=workers, threads=threads),
             cwd=ROOT,
             env=env,
         )
-        wait_until(self.healthy, 60, "gunicorn")
+        wait_until(self.healthy, 60, "the web server")
 
     def healthy(self) -> bool:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
@@ -432,7 +419,7 @@ def main() -> None:
             print(
                 f"http: {len(bodies):,} bodies of {args.batch} events prepared in "
                 f"{time.perf_counter() - started:.1f} s; sending with {args.concurrency} "
-                f"connections to {args.workers} gunicorn workers x {args.threads} threads"
+                f"connections to {args.workers} web workers x {args.threads} threads"
             )
             database = urlsplit(url).path.lstrip("/")
             with CpuMeter(admin_url(url), database, server.process.pid) as meter:

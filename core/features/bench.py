@@ -40,6 +40,8 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import psycopg
 
+from core.system import webserver
+
 ROOT = Path(__file__).resolve().parents[2]
 TYPES = ["view"] * 12 + ["click"] * 5 + ["add_to_cart"] * 2 + ["purchase"]
 
@@ -54,7 +56,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--load-rate", type=int, default=0, help="events/s of the load (0: as fast as it goes)"
     )
-    parser.add_argument("--web-workers", type=int, default=3, help="gunicorn workers")
+    parser.add_argument("--web-workers", type=int, default=3, help="web server workers")
     parser.add_argument("--probe-interval", type=float, default=0.1)
     parser.add_argument("--shape", choices=("uniform", "sessions"), default="uniform")
     parser.add_argument("--session-length", type=float, default=10.0)
@@ -448,8 +450,7 @@ def freshness(args: argparse.Namespace, database_url: str, redis_url: str) -> No
     python = sys.executable
     processes = [
         start(
-            [python, "-m", "gunicorn", "recommender.wsgi:application", f"--bind=127.0.0.1:{port}",
-             f"--workers={args.web_workers}", "--threads=2"],
+            webserver.command(port=port, workers=args.web_workers, threads=2, python=python),
             env, logs / "web.log", "web",
         ),
         start(
@@ -473,7 +474,7 @@ def freshness(args: argparse.Namespace, database_url: str, redis_url: str) -> No
                 if conn.getresponse().status == 200:
                     break
             if time.monotonic() > deadline:
-                sys.exit(f"gunicorn did not start; see {logs}")
+                sys.exit(f"the web server did not start; see {logs}")
             time.sleep(0.2)
         # The worker and beat are up once a first event has gone all the way through.
         client = Client(port, key)

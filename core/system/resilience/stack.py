@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.recommendations.bench_serve import free_port
+from core.system import webserver
 
 ROOT = Path(__file__).resolve().parents[3]
 PYTHON = sys.executable
@@ -212,11 +213,8 @@ class PrivateStack:
              f"--schedule={self.workdir / 'celerybeat-schedule'}"],
         )  # fmt: skip
         self._add_part(
-            "web",
-            [PYTHON, "-m", "gunicorn", "recommender.wsgi:application",
-             f"--bind=127.0.0.1:{self.ports['web']}", "--workers=2", "--threads=4",
-             "--worker-class=gthread", "--keep-alive=30", "--log-level=warning"],
-        )  # fmt: skip
+            "web", webserver.command(port=self.ports["web"], workers=2, threads=4, python=PYTHON)
+        )
         for name in ("model-server", "worker", "beat", "web"):
             self.parts[name].start()
         self.wait_ready(180)
