@@ -6,12 +6,13 @@ It builds a dedicated database (BENCH_DATABASE_URL, default `recommender_bench_s
 local PostgreSQL; its name must contain "bench", it is flushed) and starts a redis-server of its
 own on a free port (or uses BENCH_REDIS_URL, flushed): 10,000 items, 2,000 shoppers with
 histories computed by the feature pipeline, a 64-d contract model (`ml.serving.contract_model`)
-served by the local model server, and gunicorn: 2 gthread workers of 1 thread each by default
-(one request at a time per process measured best on two cores: no GIL contention between a
-process's threads; `make demo` and docker-compose run 2 x 4, which keeps more requests in flight
-when a backend is slow; `--threads 4` measures that). Then,
-open loop (each request has a fixed send time; latency counts from that time, so a server that
-falls behind is charged for the queue), loopback only, bounded in count and time:
+served by the local model server, and the web server (`core.system.webserver`: granian) with 2
+workers of 1 Python thread each by default (one request at a time per process measured best on
+two cores: no GIL contention between a process's threads; `make demo` and docker-compose run
+2 x 4, which keeps more requests in flight when a backend is slow; `--threads 4` measures that).
+Then, open loop from one client thread (each request has a fixed send time; latency counts from
+that time, so a server that falls behind is charged for the queue), loopback only, bounded in
+count and time:
 
 - uncached: `GET /api/v1/users/{id}/recommendations?count=10&session_items=<one item>` at
   150 requests/s, each (shopper, session item) pair new, so every request asks the model;
@@ -22,7 +23,7 @@ falls behind is charged for the queue), loopback only, bounded in count and time
 - a direct gRPC Predict (`PredictionClient.recommend`, the same histories and depth) to the same
   model server at 150 requests/s, and the endpoint's cost as a ratio of it.
 
-It prints p50/p99 per phase, each phase's `source` mix, gunicorn workers' RSS after all the
+It prints p50/p99 per phase, each phase's `source` mix, the web workers' RSS after all the
 requests, and the machine's load average (the machine is shared: read figures beside it).
 """
 
@@ -34,6 +35,7 @@ import json
 import os
 import queue
 import random
+import select
 import shutil
 import signal
 import socket
@@ -42,12 +44,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
+
+from core.system import webserver
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/recommender_bench_serve"
@@ -57,9 +61,14 @@ SHOPPERS = 2000
 EVENTS_PER_SHOPPER = 8
 CACHED_PAIRS = 200
 COUNT = 10
+# The gRPC phase's sending threads (the client blocks); the HTTP phases use one thread and up to
+# CLIENT_CONNECTIONS keep-alive sockets.
 CLIENT_THREADS = 48
+CLIENT_CONNECTIONS = 64
 # A request still unsent this long after its time is dropped (counted as status -1).
 GIVE_UP_SECONDS = 5.0
+# A request sent but unanswered this long fails (status 0).
+RESPONSE_TIMEOUT_SECONDS = 30.0
 # Issue 7's targets: (p50, p99) in ms.
 TARGETS = {"uncached": (6.0, 20.0), "cached": (2.0, 10.0)}
 
@@ -282,7 +291,8 @@ def open_loop(
     jobs: list,
     make_caller: Callable[[], Callable[[object], tuple[int, str]]],
 ) -> Phase:
-    """Send `jobs` at `rate` per second on a fixed schedule from a pool of threads; each call's
+    """Call `make_caller()`'s function on `jobs` at `rate` per second on a fixed schedule, from a
+    pool of threads (for a client that blocks, such as gRPC's); each call's
     latency runs from its scheduled time to its answer. A request not sent within
     GIVE_UP_SECONDS of its time is dropped and counted (status -1): the run stays bounded when the
     server cannot keep up."""
@@ -320,6 +330,17 @@ def open_loop(
         thread.start()
     for thread in threads:
         thread.join(timeout=len(jobs) / rate + 120)
+    return _phase(name, rate, results, start, cpu_before)
+
+
+def _phase(
+    name: str,
+    rate: float,
+    results: list[tuple[float, int, str, bool]],
+    start: float,
+    cpu_before: float,
+) -> Phase:
+    """A phase's figures from its (latency ms, status, source, sent late) results."""
     elapsed = max(time.perf_counter() - start, 1e-9)
     client_cpu = time.process_time() - cpu_before
     return Phase(
@@ -337,64 +358,122 @@ def open_loop(
     )
 
 
-def http_caller(port: int, key: str) -> Callable[[], Callable[[object], tuple[int, str]]]:
-    """Keep-alive GETs over a plain socket: a few microseconds of the client's CPU per request
-    (http.client's header parsing cost more than the server's cheapest answers, on the same two
-    cores)."""
-    head = f"Host: 127.0.0.1:{port}\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+@dataclass
+class _Connection:
+    sock: socket.socket
+    buffer: bytes = b""
+    scheduled: float = 0.0  # the current request's send time, by the schedule
+    late: bool = False  # the current request went out over 1 ms after its time
 
-    def make() -> Callable[[object], tuple[int, str]]:
-        state: dict = {"sock": None, "buffer": b""}
 
-        def connect() -> socket.socket:
-            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            state["sock"], state["buffer"] = sock, b""
-            return sock
+def _http_answer(buffer: bytes) -> tuple[int, bytes, bool] | None:
+    """(status, body, whether the server closes) once `buffer` holds a whole response (one
+    request at a time per connection: nothing follows it)."""
+    header, found, rest = buffer.partition(b"\r\n\r\n")
+    if not found:
+        return None
+    lines = header.split(b"\r\n")
+    fields = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(b":") for line in lines[1:])
+    }
+    length = int(fields[b"content-length"])
+    if len(rest) < length:
+        return None
+    status = int(lines[0].split(b" ", 2)[1])
+    closes = fields.get(b"connection", b"").lower() == b"close"
+    return status, rest[:length], closes
 
-        def read_response(sock: socket.socket) -> tuple[int, bytes, bool]:
-            data = state["buffer"]
-            while b"\r\n\r\n" not in data:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError("closed")
-                data += chunk
-            header, _, rest = data.partition(b"\r\n\r\n")
-            lines = header.split(b"\r\n")
-            status = int(lines[0].split(b" ", 2)[1])
-            fields = {
-                name.strip().lower(): value.strip()
-                for name, _, value in (line.partition(b":") for line in lines[1:])
-            }
-            length = int(fields[b"content-length"])
-            while len(rest) < length:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError("closed")
-                rest += chunk
-            state["buffer"] = rest[length:]
-            return status, rest[:length], fields.get(b"connection", b"").lower() == b"close"
 
-        def call(path: object) -> tuple[int, str]:
+def http_open_loop(name: str, rate: float, paths: list[str], port: int, key: str) -> Phase:
+    """GET `paths` at `rate` per second on a fixed schedule, from one thread: a select() loop over
+    up to CLIENT_CONNECTIONS keep-alive sockets (a new one whenever none is free). Each latency runs
+    from the request's scheduled time to the last byte of its answer, so a server that falls
+    behind is charged for the queue. One thread means no hand-offs between the client's threads:
+    with a thread per request in flight, the client's own scheduling on the same two cores added
+    up to tens of milliseconds to the p99 of a server that answers a constant body (see
+    docs/storefront-and-serving-bench.md). A request still unsent GIVE_UP_SECONDS after its time
+    is dropped (status -1); one unanswered for RESPONSE_TIMEOUT_SECONDS fails (status 0)."""
+    head = f" HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+    start = time.perf_counter() + 0.5
+    cpu_before = time.process_time()
+    idle: list[_Connection] = []
+    busy: dict[int, _Connection] = {}
+    due: deque[tuple[float, str]] = deque()
+    results: list[tuple[float, int, str, bool]] = []
+    sent = 0
+
+    def fail(connection: _Connection, status: int) -> None:
+        connection.sock.close()
+        results.append((float("inf"), status, "", False))
+
+    while sent < len(paths) or due or busy:
+        now = time.perf_counter()
+        while sent < len(paths) and start + sent / rate <= now:
+            due.append((start + sent / rate, paths[sent]))
+            sent += 1
+        while due and (idle or len(busy) < CLIENT_CONNECTIONS):
+            scheduled, path = due.popleft()
+            if now - scheduled > GIVE_UP_SECONDS:
+                results.append(((now - scheduled) * 1000, -1, "", True))
+                continue
+            if idle:
+                connection = idle.pop()
+            else:
+                try:
+                    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                except OSError:
+                    results.append((float("inf"), 0, "", False))
+                    continue
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                connection = _Connection(sock)
+            connection.scheduled = scheduled
             try:
-                sock = state["sock"] or connect()
-                sock.sendall(b"GET " + str(path).encode() + b" HTTP/1.1\r\n" + head)
-                status, body, close = read_response(sock)
-            except (OSError, ValueError, KeyError, IndexError):
-                if state["sock"] is not None:
-                    state["sock"].close()
-                state["sock"] = None
-                return 0, ""
-            if close:
-                state["sock"].close()
-                state["sock"] = None
-            if status != 200:
-                return status, ""
-            return 200, json.loads(body).get("source", "")
-
-        return call
-
-    return make
+                connection.sock.sendall(b"GET " + path.encode() + head)
+            except OSError:
+                fail(connection, 0)
+                continue
+            connection.buffer, connection.late = b"", time.perf_counter() - scheduled > 0.001
+            busy[connection.sock.fileno()] = connection
+        if sent < len(paths) and not due:
+            timeout = max(0.0, start + sent / rate - time.perf_counter())
+        else:
+            timeout = 0.05
+        if not busy:
+            time.sleep(timeout)
+            continue
+        readable, _, _ = select.select(list(busy), [], [], timeout)
+        now = time.perf_counter()
+        for fd in readable:
+            connection = busy[fd]
+            try:
+                chunk = connection.sock.recv(65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                del busy[fd]
+                fail(connection, 0)
+                continue
+            connection.buffer += chunk
+            answer = _http_answer(connection.buffer)
+            if answer is None:
+                continue
+            del busy[fd]
+            status, body, closes = answer
+            source = json.loads(body).get("source", "") if status == 200 else ""
+            results.append(((now - connection.scheduled) * 1000, status, source, connection.late))
+            if closes:
+                connection.sock.close()
+            else:
+                connection.buffer = b""
+                idle.append(connection)
+        for fd, connection in list(busy.items()):
+            if now - connection.scheduled > RESPONSE_TIMEOUT_SECONDS:
+                del busy[fd]
+                fail(connection, 0)
+    for connection in idle:
+        connection.sock.close()
+    return _phase(name, rate, results, start, cpu_before)
 
 
 def grpc_caller(target: str, k: int) -> Callable[[], Callable[[object], tuple[int, str]]]:
@@ -432,8 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cached-rate", type=float, default=600.0)
     parser.add_argument("--light-rate", type=float, default=20.0, help="the light phases' rate")
     parser.add_argument("--light-seconds", type=float, default=10.0)
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument("--threads", type=int, default=1, help="threads per gunicorn worker")
+    parser.add_argument("--workers", type=int, default=2, help="web server worker processes")
+    parser.add_argument("--threads", type=int, default=1, help="Python threads per web worker")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     if not (1 <= args.seconds <= 120 and 1 <= args.light_seconds <= 120):
@@ -494,14 +573,12 @@ def _run(args, stack: Stack, workdir: Path, database_url: str, redis_url: str) -
     env["MODEL_SERVER_TARGET"] = target
     stack.start(
         "web",
-        [sys.executable, "-m", "gunicorn", "recommender.wsgi:application",
-         f"--bind=127.0.0.1:{port}", f"--workers={args.workers}",
-         f"--threads={args.threads}", "--worker-class=gthread", "--keep-alive=30",
-         "--log-level=warning"],
-        env, workdir / "web.log",
-    )  # fmt: skip
+        webserver.command(port=port, workers=args.workers, threads=args.threads),
+        env,
+        workdir / "web.log",
+    )
     wait_until_answers("127.0.0.1", port, "/healthz", stack, 60)
-    say(f"gunicorn on 127.0.0.1:{port}, model server on {target}; load {load_average()}")
+    say(f"granian on 127.0.0.1:{port}, model server on {target}; load {load_average()}")
     return _measure(args, port, key, histories, target, stack, started, load_before)
 
 
@@ -522,7 +599,6 @@ def _create_database(database_url: str) -> None:
 def _measure(args, port, key, histories, target, stack, started, load_before) -> int:
     rng = random.Random(11)
     users = list(histories)
-    caller = http_caller(port, key)
     served = 0
 
     parts = {
@@ -536,7 +612,7 @@ def _measure(args, port, key, histories, target, stack, started, load_before) ->
         say(f"{name}: {len(paths)} requests at {rate:g}/s")
         served += len(paths)
         before = {part: cpu_seconds(pids) for part, pids in parts.items()}
-        phase = open_loop(name, rate, paths, caller)
+        phase = http_open_loop(name, rate, paths, port, key)
         phase.server_cpu_ms = {
             part: (cpu_seconds(pids) - before[part]) * 1000 / max(1, len(paths))
             for part, pids in parts.items()
@@ -593,11 +669,11 @@ def _measure(args, port, key, histories, target, stack, started, load_before) ->
     report = {
         "items": args.items,
         "dim": args.dim,
-        "gunicorn": f"{args.workers} workers x {args.threads} threads (gthread)",
+        "web_server": f"granian, {args.workers} workers x {args.threads} threads",
         "phases": [phase.row() for phase in phases],
         "ratio_uncached_p50_to_grpc_p50": _ratio(uncached, grpc, 0.5),
         "ratio_uncached_p99_to_grpc_p99": _ratio(uncached, grpc, 0.99),
-        "requests_served_by_gunicorn": served,
+        "requests_served_by_web_server": served,
         "feature_store_intact": feature_store_intact,
         "worker_rss_mb": [round(rss_mb(pid), 1) for pid in workers],
         "load_average_before": load_before,
@@ -632,7 +708,7 @@ def _ratio(endpoint: Phase, grpc: Phase, q: float) -> float | None:
 def print_report(report: dict) -> None:
     print(
         f"\nRecommendations endpoint, {report['items']:,} items, {report['dim']}-d model, "
-        f"gunicorn {report['gunicorn']}, {report['cores']} cores\n"
+        f"{report['web_server']}, {report['cores']} cores\n"
     )
     print(
         "| phase | rate/s | requests | answered/s | p50 ms | p99 ms | target p50/p99 | sources "
@@ -664,7 +740,7 @@ def print_report(report: dict) -> None:
     p99_ratio = report["ratio_uncached_p99_to_grpc_p99"]
     print(f"\nuncached endpoint / direct gRPC Predict: p50 x{p50_ratio}, p99 x{p99_ratio}")
     print(
-        f"gunicorn worker RSS after {report['requests_served_by_gunicorn']:,} requests: "
+        f"web worker RSS after {report['requests_served_by_web_server']:,} requests: "
         f"{', '.join(f'{mb} MB' for mb in report['worker_rss_mb'])}"
     )
     if not report["feature_store_intact"]:
