@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import pickle
 import time
 import uuid
 from collections.abc import Sequence
@@ -34,7 +35,7 @@ from core.system.metrics import observe_recommendations
 
 from . import impressions, model_gateway, sources
 from .models import Impression
-from .ranking import Candidate, RuleKind, apply_rules, diversify
+from .ranking import ActiveRule, Candidate, RuleKind, apply_rules, diversify
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,24 @@ class StoredList:
     model_name: str
     model_version: int | None
     source: str
-    items: list[Candidate]
+    items: Sequence[Candidate]
+    # The items as the cache keeps them (pickled (item, score) pairs), when already made.
+    payload: bytes | None = None
+
+
+@dataclass(frozen=True)
+class _Finished:
+    items: tuple[Candidate, ...]
+    payload: bytes
+
+
+# Lists finished (filtered, ruled, diversified, cut) from a model answer, kept by this process
+# under everything they were made from: a shopper who asks again while nothing changed gets
+# theirs without putting a few hundred candidates through those steps again, which cost more
+# than the rest of a cached request. Small: a repeat comes within a visit, and 512 lists of 200
+# items hold about 15 MB.
+_FINISHED_MAX = 512
+_finished: dict[tuple, _Finished] = {}
 
 
 @dataclass(frozen=True)
@@ -135,6 +153,10 @@ def _safe_write(entries: Sequence[Entry], *, user_id: str = "") -> None:
         logger.warning("cache unavailable for set", exc_info=True)
 
 
+def _items_payload(items: Sequence[Candidate]) -> bytes:
+    return pickle.dumps([(c.item_id, c.score) for c in items], pickle.HIGHEST_PROTOCOL)
+
+
 def _list_entry(stored: StoredList) -> Entry:
     payload = {
         "surface": stored.surface,
@@ -142,7 +164,7 @@ def _list_entry(stored: StoredList) -> Entry:
         "model_name": stored.model_name,
         "model_version": stored.model_version,
         "source": stored.source,
-        "items": [(c.item_id, c.score) for c in stored.items],
+        "items": stored.payload or _items_payload(stored.items),
     }
     return Entry(
         _list_key(stored.recommendation_id),
@@ -156,6 +178,9 @@ def _load_list(recommendation_id: str) -> StoredList | None:
     payload = _safe_cache_get(_list_key(recommendation_id))
     if not payload:
         return None
+    items = payload["items"]
+    if isinstance(items, bytes):
+        items = pickle.loads(items)  # noqa: S301 (written by _list_entry, like the rest)
     return StoredList(
         recommendation_id=recommendation_id,
         surface=payload["surface"],
@@ -163,13 +188,13 @@ def _load_list(recommendation_id: str) -> StoredList | None:
         model_name=payload["model_name"],
         model_version=payload["model_version"],
         source=payload["source"],
-        items=[Candidate(item_id, score) for item_id, score in payload["items"]],
+        items=[Candidate(item_id, score) for item_id, score in items],
     )
 
 
 def _serve_page(stored: StoredList, *, page: int, count: int) -> ServedPage:
     offset = (page - 1) * count
-    items = stored.items[offset : offset + count]
+    items = list(stored.items[offset : offset + count])
     served = ServedPage(
         recommendation_id=stored.recommendation_id,
         model_name=stored.model_name,
@@ -220,10 +245,55 @@ def _finish(
     diversity: bool = True,
     writes: Sequence[Entry] = (),
     unavailable_version: int | None = None,
+    answer_key: tuple | None = None,
 ) -> ServedPage:
     """Filters, rules, diversity; store the list (with the request's other cache `writes`, one
-    round trip); serve the asked page."""
+    round trip); serve the asked page. `answer_key` names `ranked` (a model answer: its cache
+    key, generation and version), so that the finished list can be kept and used again."""
     rules = business_rules_active()
+    version = sources.shown_version(unavailable_version)
+    key = None
+    if answer_key is not None and version is not None:
+        key = (
+            answer_key,
+            frozenset(exclude),
+            category,
+            tuple(rules),
+            version,
+            diversity and settings.RECOMMENDATIONS_MAX_PER_CATEGORY,
+            settings.RECOMMENDATIONS_LIST_LENGTH,
+        )
+    finished = _finished.get(key) if key is not None else None
+    if finished is None:
+        finished = _finish_list(ranked, rules, exclude, category, diversity, unavailable_version)
+        if key is not None:
+            if len(_finished) >= _FINISHED_MAX:
+                _finished.clear()
+            _finished[key] = finished
+    stored = StoredList(
+        recommendation_id=uuid.uuid4().hex,
+        surface=surface,
+        user_id=user_id,
+        model_name=model_name,
+        model_version=model_version,
+        source=source,
+        items=finished.items,
+        payload=finished.payload,
+    )
+    _safe_write([*writes, _list_entry(stored)], user_id=user_id)
+    return _serve_page(stored, page=page, count=count)
+
+
+def _finish_list(
+    ranked: Sequence[Candidate],
+    rules: list[ActiveRule],
+    exclude: set[str],
+    category: str | None,
+    diversity: bool,
+    unavailable_version: int | None,
+) -> _Finished:
+    """Filters (the request's exclusions, availability, the category), the business rules,
+    diversity, and the cut to the stored list's length."""
     pinned = {item_id for rule in rules if rule.kind is RuleKind.PIN for item_id in rule.item_ids}
     candidates = [c for c in ranked if c.item_id not in exclude]
     categories = sources.recommendable_categories(
@@ -240,17 +310,8 @@ def _finish(
     candidates = apply_rules(candidates, rules, categories)
     if diversity:
         candidates = diversify(candidates, categories, settings.RECOMMENDATIONS_MAX_PER_CATEGORY)
-    stored = StoredList(
-        recommendation_id=uuid.uuid4().hex,
-        surface=surface,
-        user_id=user_id,
-        model_name=model_name,
-        model_version=model_version,
-        source=source,
-        items=candidates[: settings.RECOMMENDATIONS_LIST_LENGTH],
-    )
-    _safe_write([*writes, _list_entry(stored)], user_id=user_id)
-    return _serve_page(stored, page=page, count=count)
+    items = tuple(candidates[: settings.RECOMMENDATIONS_LIST_LENGTH])
+    return _Finished(items, _items_payload(items))
 
 
 def recommendations_page(
@@ -334,6 +395,7 @@ def recommendations_for_user(
 
     model_name, model_version = settings.MODEL_NAME, None
     writes: list[Entry] = []
+    answer_key = None
     plan = serving_plan(user_id=user_id)
     if not history:
         ranked = sources.popular_items(category=category, window=None, limit=want)
@@ -354,6 +416,8 @@ def recommendations_for_user(
             _count_arm(plan, seconds=None if answer.cached else time.perf_counter() - started)
             ranked, source = answer.candidates, SOURCE_CACHE if answer.cached else SOURCE_MODEL
             model_name, model_version = answer.model_name, answer.model_version
+            if answer.key:
+                answer_key = (answer.key, answer.generation, model_name, model_version)
             if plan.shadow_label:
                 shadow.shadow_score(history=history, k=want, shown=ranked, plan=plan)
             if answer.cache_entry is not None:
@@ -381,6 +445,7 @@ def recommendations_for_user(
         page=page,
         writes=writes,
         unavailable_version=shopper.unavailable_version,
+        answer_key=answer_key,
     )
 
 

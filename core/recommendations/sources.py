@@ -205,6 +205,15 @@ def _resolve(ids: list[str]) -> dict[str, str | None]:
     return {item_id: None if item_id in unavailable else categories.get(item_id) for item_id in ids}
 
 
+def shown_version(unavailable_version: int | None) -> tuple[int, int] | None:
+    """What `recommendable_categories(..., unavailable_version=...)` answers hold for: while it
+    is the same, the same ids get the same answer. None when the hot set's version is unknown
+    (each call then asks the database)."""
+    if unavailable_version is None:
+        return None
+    return unavailable_version, _categories_epoch
+
+
 def recommendable_categories(
     item_ids: Iterable[str], *, unavailable_version: int | None = None
 ) -> dict[str, str]:

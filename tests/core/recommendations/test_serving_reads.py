@@ -453,3 +453,76 @@ def test_an_unreadable_last_answer_is_passed_over_for_the_cache(
 
     assert again.status_code == 200 and again.json()["source"] == "cache"
     assert ids(again) == ids(first)
+
+
+def test_a_repeat_reuses_its_finished_list_until_something_it_was_made_from_changes(
+    serving, catalog, post_events, reader, writer, monkeypatch
+):
+    from core.recommendations import services
+    from core.registry.models import BusinessRule
+    from core.registry.selectors import business_rules_cache_clear
+
+    post_events({"user_id": "u1", "item_id": "item-1", "type": "view"})
+    features_catalog_sync(full=True)
+    made: list[int] = []
+    real_finish_list = services._finish_list
+
+    def finish_list(ranked, *args, **kwargs):
+        made.append(len(ranked))
+        return real_finish_list(ranked, *args, **kwargs)
+
+    monkeypatch.setattr(services, "_finish_list", finish_list)
+    first = reader.get(URL.format("u1"), {"count": 5}).json()
+    again = reader.get(URL.format("u1"), {"count": 5}).json()
+
+    assert len(made) == 1  # the repeat: the same answer, exclusions, rules and availability
+    assert again["source"] == "cache" and again["items"] == first["items"]
+    assert again["recommendation_id"] != first["recommendation_id"]
+    top = first["items"][0]["item_id"]
+
+    assert top not in ids(reader.get(URL.format("u1"), {"count": 5, "exclude": top}))
+    assert len(made) == 2
+
+    BusinessRule.objects.create(name="no top", kind="exclude", item_ids=[top])
+    business_rules_cache_clear()
+    assert top not in ids(reader.get(URL.format("u1"), {"count": 5}))
+    assert len(made) == 3
+
+    BusinessRule.objects.all().delete()
+    business_rules_cache_clear()
+    put_item(writer, top, available=False)  # the hot set's version changes
+    assert top not in ids(reader.get(URL.format("u1"), {"count": 5}))
+    assert len(made) == 4
+
+
+def test_pages_of_a_reused_list_follow_on_and_an_older_stored_list_still_pages(
+    serving, catalog, post_events, reader
+):
+    from core.recommendations import services
+
+    post_events({"user_id": "u1", "item_id": "item-1", "type": "view"})
+    features_catalog_sync(full=True)
+    reader.get(URL.format("u1"), {"count": 4})
+    first = reader.get(URL.format("u1"), {"count": 4}).json()  # from this process's finished list
+    second = reader.get(
+        URL.format("u1"), {"count": 4, "page": 2, "recommendation_id": first["recommendation_id"]}
+    ).json()
+    assert [item["rank"] for item in second["items"]] == [5, 6, 7, 8]
+    assert not {item["item_id"] for item in first["items"]} & {
+        item["item_id"] for item in second["items"]
+    }
+
+    # A list stored before its items were kept pickled: its pairs as they were.
+    cache.set(
+        services._list_key("0" * 32),
+        {
+            "surface": "user",
+            "user_id": "u1",
+            "model_name": "m",
+            "model_version": 1,
+            "source": "model",
+            "items": [(f"item-{i}", 1.0 / (i + 1)) for i in range(10, 20)],
+        },
+    )
+    older = reader.get(URL.format("u1"), {"count": 3, "page": 2, "recommendation_id": "0" * 32})
+    assert ids(older) == ["item-13", "item-14", "item-15"]
