@@ -1,6 +1,6 @@
 """Prometheus metrics of the web and worker processes, served at /metrics.
 
-Counters and histograms live in each process; with several gunicorn workers set
+Counters and histograms live in each process; with several web workers set
 PROMETHEUS_MULTIPROC_DIR (an empty folder per start, as `make demo` does) so /metrics adds up every
 worker. Gauges that describe shared state (feature lag, queue depth) are computed when scraped.
 

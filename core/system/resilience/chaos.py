@@ -3,7 +3,7 @@
     python -m core.system.resilience.chaos [--hold 8] [--only NAME ...] [--json]
 
 The stack (`core.system.resilience.stack`: its own PostgreSQL cluster, a Redis for cache and
-features, a Redis for the broker, the local model server, gunicorn, a Celery worker and beat)
+features, a Redis for the broker, the local model server, the web server, a Celery worker and beat)
 gets recommendations GETs and event POSTs (unique event ids) at a fixed rate the whole time. One
 fault after the other, each held `--hold` seconds, then the part is brought back:
 

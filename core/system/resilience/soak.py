@@ -4,7 +4,7 @@
 
 (`SOAK_SECONDS` and `SOAK_SAMPLE_SECONDS` in the environment set the defaults.) The private stack
 of `core.system.resilience.stack` gets recommendations GETs and event POSTs at a fixed rate (12
-and 6 per second unless told); every `--sample-seconds` the resident memory (RSS) of each gunicorn
+and 6 per second unless told); every `--sample-seconds` the resident memory (RSS) of each web
 worker, the Celery worker (main process and pool children together) and the model server is
 sampled. It prints, per process, RSS at the start of the measured window and at the end, and the
 growth slope (least squares over the window, MB per hour).

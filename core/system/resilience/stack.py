@@ -11,7 +11,7 @@
   synthetic storefront (`manage.py load_demo_storefront --small`), exported into a model
   repository that is a small tmpfs of its own when the run may mount one (root), so the disk can
   really be filled,
-- gunicorn (2 workers x 4 threads, as `make demo`), a Celery worker and beat.
+- the web server (granian, 2 workers x 4 threads, as `make demo`), a Celery worker and beat.
 
 It never touches the shared PostgreSQL or Redis of the machine, and stops only what it started
 (by process group), then removes its folder.
@@ -381,7 +381,7 @@ class PrivateStack:
 
     def process_rss_mb(self) -> dict[str, float]:
         """Resident memory of each long-running Python process of the stack, children included
-        (gunicorn's and Celery's pool processes are where requests and tasks run)."""
+        (the web server's and Celery's worker processes are where requests and tasks run)."""
         from core.recommendations.bench_serve import child_pids, rss_mb
 
         sizes: dict[str, float] = {}

@@ -1,6 +1,6 @@
 """`PredictionClient`: the one object in the project that talks gRPC to TF Serving.
 
-- One channel per client, created on first use and again after a fork (gunicorn and Celery
+- One channel per client, created on first use and again after a fork (web server and Celery
   prefork children never reuse the parent's channel), shared by every thread of the process.
 - Every call has a deadline: the constructor's `timeout`, or the caller's remaining budget.
 - UNAVAILABLE is retried once if the budget has time left; UNAVAILABLE and DEADLINE_EXCEEDED then
