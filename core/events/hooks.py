@@ -22,7 +22,8 @@ TRIGGER_INTERVAL_SECONDS = 0.1
 
 class _Throttle:
     """Runs `fire` on one daemon thread per process, at most once per `interval`, whenever it
-    was requested since the last run. Started lazily and again after a fork (a web or Celery worker)."""
+    was requested since the last run. Started lazily and again after a fork (a web or Celery
+    worker)."""
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
