@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,9 +40,34 @@ class ModelUnavailable(Exception):
     """No model answer within the budget: serve a fallback tier."""
 
 
+class PickledCandidates(Sequence[Candidate]):
+    """A shopper's last answer's candidates as stored (pickled (item, score) pairs), unpickled
+    on first use: a request whose finished list this process keeps never needs them."""
+
+    __slots__ = ("_items", "blob")
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+        self._items: list[Candidate] | None = None
+
+    def _load(self) -> list[Candidate]:
+        if self._items is None:
+            self._items = _candidates(pickle.loads(self.blob))  # noqa: S301 (our own writes)
+        return self._items
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self._load()[index]
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def __iter__(self) -> Iterator[Candidate]:
+        return iter(self._load())
+
+
 @dataclass(frozen=True)
 class ModelAnswer:
-    candidates: list[Candidate]
+    candidates: Sequence[Candidate]
     model_name: str
     model_version: int | None
     cached: bool
@@ -54,8 +80,13 @@ class ModelAnswer:
     was_last: bool = False
 
     def last_value(self) -> tuple:
-        """What a shopper's last answer stores (see `LastAnswer`)."""
-        items = [(c.item_id, c.score) for c in self.candidates]
+        """What a shopper's last answer stores (see `LastAnswer`): the items pickled on their
+        own, so that reading the value does not unpickle them."""
+        if isinstance(self.candidates, PickledCandidates):
+            items = self.candidates.blob
+        else:
+            pairs = [(c.item_id, c.score) for c in self.candidates]
+            items = pickle.dumps(pairs, pickle.HIGHEST_PROTOCOL)
         return (self.key, self.generation, self.model_name, self.model_version, items)
 
 
@@ -73,21 +104,28 @@ class LastAnswer:
     same request (same cache key: model, label, depth and history) under the same generation."""
 
     generation: int
-    value: tuple | None  # (cache key, generation, model name, version, [(item, score), ...])
+    # (cache key, generation, model name, version, pickled [(item, score), ...]); written before
+    # the fourth session, the pairs unpickled; before the third, the pairs alone.
+    value: tuple | list | None
 
     def answer(self, key: str) -> ModelAnswer | None:
         value = self.value
-        if value is None or len(value) != 5 or value[0] != key or value[1] != self.generation:
+        if not isinstance(value, tuple) or len(value) != 5:
+            return None
+        if value[0] != key or value[1] != self.generation:
             return None
         _, generation, name, version, items = value
-        return ModelAnswer(_candidates(items), name, version, True, None, key, generation, True)
+        candidates = PickledCandidates(items) if isinstance(items, bytes) else _candidates(items)
+        return ModelAnswer(candidates, name, version, True, None, key, generation, True)
 
     def items(self) -> list[tuple[str, float]] | None:
         """The last answer's items, whatever model made them (a fallback tier)."""
         value: Any = self.value
         if isinstance(value, tuple) and len(value) == 5:
-            return value[4]
-        return value  # written before the key and generation were kept: the items alone
+            value = value[4]
+        if isinstance(value, bytes):
+            return pickle.loads(value)  # noqa: S301 (our own writes)
+        return value
 
 
 _client: PredictionClient | None = None

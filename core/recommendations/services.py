@@ -397,6 +397,7 @@ def recommendations_for_user(
     writes: list[Entry] = []
     answer_key = None
     plan = serving_plan(user_id=user_id)
+    ranked: Sequence[Candidate]
     if not history:
         ranked = sources.popular_items(category=category, window=None, limit=want)
         source = "fallback:popular_category" if category else "fallback:popular"

@@ -411,6 +411,25 @@ def test_a_last_answer_stored_before_it_kept_its_key_still_serves_as_a_fallback(
     assert new.answer("model:rec:other") is None  # another history
 
 
+def test_a_last_answer_keeps_its_items_pickled_until_they_are_used():
+    from core.recommendations.model_gateway import LastAnswer, ModelAnswer, PickledCandidates
+    from core.recommendations.ranking import Candidate
+
+    made = ModelAnswer([Candidate("item-9", 0.75), Candidate("item-4", 0.5)], "m", 2, False)
+    made = ModelAnswer(made.candidates, "m", 2, False, key="model:rec:k", generation=3)
+    value = made.last_value()
+    assert isinstance(value[4], bytes)
+
+    last = LastAnswer(3, value)
+    answer = last.answer("model:rec:k")
+    assert answer is not None and isinstance(answer.candidates, PickledCandidates)
+    assert answer.candidates._items is None  # not unpickled yet
+    assert list(answer.candidates) == [("item-9", 0.75), ("item-4", 0.5)]
+    assert answer.candidates[1].item_id == "item-4" and len(answer.candidates) == 2
+    assert answer.last_value()[4] is value[4]  # written again as it was read
+    assert last.items() == [("item-9", 0.75), ("item-4", 0.5)]  # the fallback tier's view
+
+
 def test_categories_are_read_again_in_the_background_while_requests_use_the_old_ones(
     serving, catalog, monkeypatch
 ):
