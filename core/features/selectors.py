@@ -117,13 +117,11 @@ def _user_blob(user_id: str, also: Sequence[str] = ()) -> dict[str, Any] | None:
     key, history_key = hotstore.user_key(user_id), hotstore.history_key(user_id)
     if store is not None:
         try:
+            # Two commands, not one GET per key: each command costs redis-py more than Redis.
             pipe = store.pipeline(transaction=False)
-            pipe.get(key)
+            pipe.mget([key, hotstore.UNAVAILABLE_VERSION, *also])
             pipe.zrange(history_key, 0, -1, withscores=True)
-            pipe.get(hotstore.UNAVAILABLE_VERSION)
-            for extra in also:
-                pipe.get(extra)
-            raw, members, version, *extras = pipe.execute()
+            (raw, version, *extras), members = pipe.execute()
             if raw is not None:
                 blob = orjson.loads(raw)
                 blob["h"] = [hotstore_history(member, score) for member, score in members]
