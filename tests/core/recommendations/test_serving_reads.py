@@ -5,6 +5,8 @@ request path."""
 
 from __future__ import annotations
 
+import gc
+
 import orjson
 import pytest
 from django.core.cache import cache
@@ -495,6 +497,9 @@ def test_a_repeat_reuses_its_finished_list_until_something_it_was_made_from_chan
     again = reader.get(URL.format("u1"), {"count": 5}).json()
 
     assert len(made) == 1  # the repeat: the same answer, exclusions, rules and availability
+    gc.collect()
+    kept = list(services._finished.values())[-1]  # this request's, the last one kept
+    assert kept.items and not any(gc.is_tracked(pair) for pair in kept.items)  # no GC cost
     assert again["source"] == "cache" and again["items"] == first["items"]
     assert again["recommendation_id"] != first["recommendation_id"]
     top = first["items"][0]["item_id"]
