@@ -110,10 +110,14 @@ def diversify(
     if max_per_category <= 0:
         return list(candidates)
     seen: dict[str, int] = {}
+    tops: dict[str, str] = {}  # category path -> its top level: a few paths, many candidates
     head: list[Candidate] = []
     tail: list[Candidate] = []
     for candidate in candidates:
-        top_level = categories.get(candidate.item_id, "").split("/", 1)[0]
+        path = categories.get(candidate.item_id, "")
+        top_level = tops.get(path)
+        if top_level is None:
+            top_level = tops[path] = path.split("/", 1)[0]
         count = seen.get(top_level, 0)
         if top_level and count >= max_per_category:
             tail.append(candidate)
