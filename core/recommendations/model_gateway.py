@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -18,7 +17,7 @@ from core.system.cache import Entry
 from core.system.metrics import observe_model_server_call
 from ml.serving.client import ModelServerError, ModelServerUnavailable, PredictionClient
 
-from .ranking import Candidate
+from .ranking import Candidate, pack_pairs, unpack_pairs
 
 if TYPE_CHECKING:
     from .sources import HistoryEntry
@@ -52,7 +51,7 @@ class PickledCandidates(Sequence[Candidate]):
 
     def _load(self) -> list[Candidate]:
         if self._items is None:
-            self._items = _candidates(pickle.loads(self.blob))  # noqa: S301 (our own writes)
+            self._items = _candidates(unpack_pairs(self.blob))
         return self._items
 
     def __getitem__(self, index):  # type: ignore[override]
@@ -85,8 +84,7 @@ class ModelAnswer:
         if isinstance(self.candidates, PickledCandidates):
             items = self.candidates.blob
         else:
-            pairs = [(c.item_id, c.score) for c in self.candidates]
-            items = pickle.dumps(pairs, pickle.HIGHEST_PROTOCOL)
+            items = pack_pairs(self.candidates)
         return (self.key, self.generation, self.model_name, self.model_version, items)
 
 
@@ -124,7 +122,7 @@ class LastAnswer:
         if isinstance(value, tuple) and len(value) == 5:
             value = value[4]
         if isinstance(value, bytes):
-            return pickle.loads(value)  # noqa: S301 (our own writes)
+            return unpack_pairs(value)
         return value
 
 

@@ -6,6 +6,7 @@ order of steps is visible in `services.py`.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,6 +19,16 @@ class Candidate(NamedTuple):
 
     item_id: str
     score: float
+
+
+def pack_pairs(items: Iterable[tuple[str, float]]) -> bytes:
+    """(item, score) pairs as the cache keeps a list of them (stored lists, a shopper's last
+    answer): pickled on their own, so that reading what holds them does not unpickle them."""
+    return pickle.dumps([(item_id, score) for item_id, score in items], pickle.HIGHEST_PROTOCOL)
+
+
+def unpack_pairs(blob: bytes) -> list[tuple[str, float]]:
+    return pickle.loads(blob)  # noqa: S301 (written by pack_pairs, like the rest of the cache)
 
 
 class RuleKind(StrEnum):

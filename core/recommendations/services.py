@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import pickle
 import time
 import uuid
 from collections.abc import Sequence
@@ -35,7 +34,15 @@ from core.system.metrics import observe_recommendations
 
 from . import impressions, model_gateway, sources
 from .models import Impression
-from .ranking import ActiveRule, Candidate, RuleKind, apply_rules, diversify
+from .ranking import (
+    ActiveRule,
+    Candidate,
+    RuleKind,
+    apply_rules,
+    diversify,
+    pack_pairs,
+    unpack_pairs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +163,6 @@ def _safe_write(entries: Sequence[Entry], *, user_id: str = "") -> None:
         logger.warning("cache unavailable for set", exc_info=True)
 
 
-def _items_payload(items: Sequence[tuple[str, float]]) -> bytes:
-    return pickle.dumps([(item_id, score) for item_id, score in items], pickle.HIGHEST_PROTOCOL)
-
-
 def _list_entry(stored: StoredList) -> Entry:
     payload = {
         "surface": stored.surface,
@@ -167,7 +170,7 @@ def _list_entry(stored: StoredList) -> Entry:
         "model_name": stored.model_name,
         "model_version": stored.model_version,
         "source": stored.source,
-        "items": stored.payload or _items_payload(stored.items),
+        "items": stored.payload or pack_pairs(stored.items),
     }
     return Entry(
         _list_key(stored.recommendation_id),
@@ -181,9 +184,7 @@ def _load_list(recommendation_id: str) -> StoredList | None:
     payload = _safe_cache_get(_list_key(recommendation_id))
     if not payload:
         return None
-    items = payload["items"]
-    if isinstance(items, bytes):
-        items = pickle.loads(items)  # noqa: S301 (written by _list_entry, like the rest)
+    items = payload["items"]  # packed pairs; a list stored before the fourth session: plain ones
     return StoredList(
         recommendation_id=recommendation_id,
         surface=payload["surface"],
@@ -191,7 +192,7 @@ def _load_list(recommendation_id: str) -> StoredList | None:
         model_name=payload["model_name"],
         model_version=payload["model_version"],
         source=payload["source"],
-        items=[Candidate(item_id, score) for item_id, score in items],
+        items=unpack_pairs(items) if isinstance(items, bytes) else items,
     )
 
 
@@ -314,7 +315,7 @@ def _finish_list(
     if diversity:
         candidates = diversify(candidates, categories, settings.RECOMMENDATIONS_MAX_PER_CATEGORY)
     items = tuple((c.item_id, c.score) for c in candidates[: settings.RECOMMENDATIONS_LIST_LENGTH])
-    return _Finished(items, _items_payload(items))
+    return _Finished(items, pack_pairs(items))
 
 
 def recommendations_page(
