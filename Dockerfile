@@ -13,5 +13,7 @@ RUN pip install --no-deps -e . \
     && chown app /var/lib/recommender /models
 USER app
 EXPOSE 8000
+# The flags of core/system/webserver.py (tests/test_deployment_files.py holds them equal).
 CMD ["granian", "--interface=wsgi", "--host=0.0.0.0", "--port=8000", "--workers=2", \
-     "--blocking-threads=4", "--no-ws", "--respawn-failed-workers", "recommender.wsgi:application"]
+     "--blocking-threads=4", "--no-ws", "--respawn-failed-workers", "--log-level=warning", \
+     "--no-access-log", "recommender.wsgi:application"]

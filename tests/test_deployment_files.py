@@ -2,6 +2,7 @@
 services, commands, and that every variable it sets is one the settings read, and vice versa the
 README documents every variable the settings read."""
 
+import json
 import re
 from pathlib import Path
 
@@ -59,14 +60,24 @@ def test_app_services_set_only_variables_the_settings_read(compose):
 
 def test_app_commands_start_what_they_say(compose):
     services = compose["services"]
-    web = services["web"]["command"]
-    assert web[0] == "granian" and web[-1] == webserver.APPLICATION
-    assert "--interface=wsgi" in web
+    # The web server's flags as core/system/webserver.py gives them to the demo and the stacks.
+    expected = webserver.command(port=8000, host="0.0.0.0", workers=2, threads=4, access_log=True)
+    assert services["web"]["command"] == ["granian", *expected[3:]]
     assert services["worker"]["command"][:4] == ["celery", "-A", "recommender", "worker"]
     assert services["beat"]["command"][:4] == ["celery", "-A", "recommender", "beat"]
     migrate = " ".join(services["migrate"]["command"])
     assert "manage.py migrate --noinput" in migrate
     assert "manage.py registry_apply --file-only" in migrate
+
+
+def test_the_image_starts_the_web_server_as_webserver_py_does():
+    line = next(
+        part
+        for part in (ROOT / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+        if part.startswith("CMD ")
+    )
+    expected = webserver.command(port=8000, host="0.0.0.0", workers=2, threads=4)
+    assert json.loads(line.removeprefix("CMD ")) == ["granian", *expected[3:]]
 
 
 def test_app_and_tfserving_share_the_model_repository(compose):

@@ -41,8 +41,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=1_000_000, help="events sent over HTTP")
     parser.add_argument("--batch", type=int, default=1000, help="events per request")
     parser.add_argument("--concurrency", type=int, default=4, help="client connections")
-    parser.add_argument("--workers", type=int, default=3, help="web server worker processes")
-    parser.add_argument("--threads", type=int, default=4, help="Python threads per web worker")
+    parser.add_argument(
+        "--workers", type=webserver.count, default=3, help="web server worker processes"
+    )
+    parser.add_argument(
+        "--threads", type=webserver.count, default=4, help="Python threads per web worker"
+    )
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--rate", type=int, default=200, help="single-event requests per second")

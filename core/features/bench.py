@@ -56,7 +56,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--load-rate", type=int, default=0, help="events/s of the load (0: as fast as it goes)"
     )
-    parser.add_argument("--web-workers", type=int, default=3, help="web server workers")
+    parser.add_argument("--web-workers", type=webserver.count, default=3, help="web server workers")
     parser.add_argument("--probe-interval", type=float, default=0.1)
     parser.add_argument("--shape", choices=("uniform", "sessions"), default="uniform")
     parser.add_argument("--session-length", type=float, default=10.0)

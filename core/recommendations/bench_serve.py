@@ -292,8 +292,8 @@ def open_loop(
     make_caller: Callable[[], Callable[[object], tuple[int, str]]],
 ) -> Phase:
     """Call `make_caller()`'s function on `jobs` at `rate` per second on a fixed schedule, from a
-    pool of threads (for a client that blocks, such as gRPC's); each call's
-    latency runs from its scheduled time to its answer. A request not sent within
+    pool of threads (for a client that blocks, such as gRPC's); each call's latency runs from its
+    scheduled time to its answer. A request not sent within
     GIVE_UP_SECONDS of its time is dropped and counted (status -1): the run stays bounded when the
     server cannot keep up."""
     work: queue.SimpleQueue = queue.SimpleQueue()
@@ -511,8 +511,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cached-rate", type=float, default=600.0)
     parser.add_argument("--light-rate", type=float, default=20.0, help="the light phases' rate")
     parser.add_argument("--light-seconds", type=float, default=10.0)
-    parser.add_argument("--workers", type=int, default=2, help="web server worker processes")
-    parser.add_argument("--threads", type=int, default=1, help="Python threads per web worker")
+    parser.add_argument(
+        "--workers", type=webserver.count, default=2, help="web server worker processes"
+    )
+    parser.add_argument(
+        "--threads", type=webserver.count, default=1, help="Python threads per web worker"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     if not (1 <= args.seconds <= 120 and 1 <= args.light_seconds <= 120):

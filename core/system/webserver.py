@@ -9,6 +9,7 @@ recommendations endpoint 2.26-2.72 ms against 2.52-3.30 (docs/storefront-and-ser
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 APPLICATION = "recommender.wsgi:application"
@@ -34,3 +35,14 @@ def command(
         "--access-log" if access_log else "--no-access-log",
         APPLICATION,
     ]  # fmt: skip
+
+
+def count(text: str) -> int:
+    """An argparse type for a worker or thread count: a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number, at least 1")
+    return value
