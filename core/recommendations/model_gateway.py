@@ -17,7 +17,7 @@ from core.system.cache import Entry
 from core.system.metrics import observe_model_server_call
 from ml.serving.client import ModelServerError, ModelServerUnavailable, PredictionClient
 
-from .ranking import Candidate, pack_pairs, unpack_pairs
+from .ranking import Candidate, UnreadablePairs, checked_pairs, pack_pairs, unpack_pairs
 
 if TYPE_CHECKING:
     from .sources import HistoryEntry
@@ -41,7 +41,8 @@ class ModelUnavailable(Exception):
 
 class PickledCandidates(Sequence[Candidate]):
     """A shopper's last answer's candidates as stored (pickled (item, score) pairs), unpickled
-    on first use: a request whose finished list this process keeps never needs them."""
+    on first use: a request whose finished list this process keeps never needs them. A blob
+    this version cannot read raises UnreadablePairs then (services asks again without it)."""
 
     __slots__ = ("_items", "blob")
 
@@ -113,7 +114,13 @@ class LastAnswer:
         if value[0] != key or value[1] != self.generation:
             return None
         _, generation, name, version, items = value
-        candidates = PickledCandidates(items) if isinstance(items, bytes) else _candidates(items)
+        if isinstance(items, bytes):  # checked when unpickled (UnreadablePairs)
+            candidates: Sequence[Candidate] = PickledCandidates(items)
+        else:
+            try:
+                candidates = _candidates(checked_pairs(items))
+            except UnreadablePairs:
+                return None
         return ModelAnswer(candidates, name, version, True, None, key, generation, True)
 
     def items(self) -> list[tuple[str, float]] | None:
@@ -121,9 +128,13 @@ class LastAnswer:
         value: Any = self.value
         if isinstance(value, tuple) and len(value) == 5:
             value = value[4]
-        if isinstance(value, bytes):
-            return unpack_pairs(value)
-        return value
+        if not value:
+            return None
+        try:
+            return unpack_pairs(value) if isinstance(value, bytes) else checked_pairs(value)
+        except UnreadablePairs:
+            logger.warning("a last answer is unreadable; passed over", exc_info=True)
+            return None
 
 
 _client: PredictionClient | None = None
@@ -186,10 +197,17 @@ def _cached(key: str) -> tuple[int, ModelAnswer | None]:
         return 0, None
     generation = int(found.get(GENERATION_KEY) or 0)
     value = found.get(key)
-    if not value or value[0] != generation:
+    if not value:
         return generation, None
-    _, name, version, items = value
-    return generation, ModelAnswer(_candidates(items), name, version, True, None, key, generation)
+    try:
+        made_under, name, version, items = value
+        candidates = _candidates(checked_pairs(items))
+    except (TypeError, ValueError):  # another version's form, or damage: as if not cached
+        logger.warning("cached model answer %s is unreadable; asking the model", key)
+        return generation, None
+    if made_under != generation:
+        return generation, None
+    return generation, ModelAnswer(candidates, name, version, True, None, key, generation)
 
 
 def _cache_entry(key: str, generation: int, answer: ModelAnswer) -> Entry | None:

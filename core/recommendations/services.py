@@ -38,7 +38,9 @@ from .ranking import (
     ActiveRule,
     Candidate,
     RuleKind,
+    UnreadablePairs,
     apply_rules,
+    checked_pairs,
     diversify,
     pack_pairs,
     unpack_pairs,
@@ -153,6 +155,13 @@ def _safe_cache_get(key: str):
         return None
 
 
+def _safe_delete(key: str) -> None:
+    try:
+        cache.delete(key)
+    except Exception:  # Redis down: serve without the cache, /readyz says so
+        logger.warning("cache unavailable for delete", exc_info=True)
+
+
 def _safe_write(entries: Sequence[Entry], *, user_id: str = "") -> None:
     """The request's cache writes, sent in one go without waiting for Redis's answer (nothing
     in the request needs it); a shopper's own entries are indexed under them (so forgetting
@@ -181,19 +190,25 @@ def _list_entry(stored: StoredList) -> Entry:
 
 
 def _load_list(recommendation_id: str) -> StoredList | None:
+    """The stored list, or None: none stored, or one this version cannot read (another
+    version's form, or damage), which is as good as expired."""
     payload = _safe_cache_get(_list_key(recommendation_id))
     if not payload:
         return None
-    items = payload["items"]  # packed pairs; a list stored before the fourth session: plain ones
-    return StoredList(
-        recommendation_id=recommendation_id,
-        surface=payload["surface"],
-        user_id=payload["user_id"],
-        model_name=payload["model_name"],
-        model_version=payload["model_version"],
-        source=payload["source"],
-        items=unpack_pairs(items) if isinstance(items, bytes) else items,
-    )
+    try:
+        items = payload["items"]  # packed pairs; stored before the fourth session: plain ones
+        return StoredList(
+            recommendation_id=recommendation_id,
+            surface=payload["surface"],
+            user_id=payload["user_id"],
+            model_name=payload["model_name"],
+            model_version=payload["model_version"],
+            source=payload["source"],
+            items=unpack_pairs(items) if isinstance(items, bytes) else checked_pairs(items),
+        )
+    except (KeyError, TypeError, ValueError):
+        logger.warning("stored list %s is unreadable; treated as expired", recommendation_id)
+        return None
 
 
 def _serve_page(stored: StoredList, *, page: int, count: int) -> ServedPage:
@@ -379,10 +394,12 @@ def recommendations_for_user(
     exclude: Sequence[str] = (),
     session_items: Sequence[str] = (),
     page: int = 1,
+    read_last: bool = True,
 ) -> ServedPage:
-    """A fresh list for a shopper (known or not) and its `page`-th page."""
+    """A fresh list for a shopper (known or not) and its `page`-th page. `read_last=False`
+    leaves the shopper's last answer unread (it is unreadable: asked again without it)."""
     budget = _Budget(settings.RECOMMENDATIONS_BUDGET_MS / 1000)
-    prefetch = _last_answer_keys(user_id)
+    prefetch = _last_answer_keys(user_id) if read_last else []
     shopper = sources.shopper(user_id, also=prefetch)
     last = None
     if prefetch and len(shopper.also) == 2:
@@ -437,21 +454,38 @@ def recommendations_for_user(
                     )
                 )
     excluded |= {entry.item_id for entry in history}
-    return _finish(
-        surface="user",
-        user_id=user_id,
-        ranked=ranked,
-        model_name=model_name,
-        model_version=model_version,
-        source=source,
-        exclude=excluded,
-        category=category,
-        count=count,
-        page=page,
-        writes=writes,
-        unavailable_version=shopper.unavailable_version,
-        answer_key=answer_key,
-    )
+    try:
+        return _finish(
+            surface="user",
+            user_id=user_id,
+            ranked=ranked,
+            model_name=model_name,
+            model_version=model_version,
+            source=source,
+            exclude=excluded,
+            category=category,
+            count=count,
+            page=page,
+            writes=writes,
+            unavailable_version=shopper.unavailable_version,
+            answer_key=answer_key,
+        )
+    except UnreadablePairs:
+        if last is None:
+            raise
+        # The last answer stood in for the model's, but its items are in a form this version
+        # cannot read (another version wrote them, or they are damaged): drop it, ask again.
+        logger.warning("shopper %r: unreadable last answer; asking again", user_id)
+        _safe_delete(_last_good_key(user_id))
+        return recommendations_for_user(
+            user_id=user_id,
+            count=count,
+            category=category,
+            exclude=exclude,
+            session_items=session_items,
+            page=page,
+            read_last=False,
+        )
 
 
 def similar_items(*, item_id: str, count: int, exclude: Sequence[str] = ()) -> ServedPage:

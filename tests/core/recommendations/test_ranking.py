@@ -1,4 +1,18 @@
-from core.recommendations.ranking import ActiveRule, Candidate, RuleKind, apply_rules, diversify
+import pickle
+
+import pytest
+
+from core.recommendations.ranking import (
+    ActiveRule,
+    Candidate,
+    RuleKind,
+    UnreadablePairs,
+    apply_rules,
+    checked_pairs,
+    diversify,
+    pack_pairs,
+    unpack_pairs,
+)
 
 CATEGORIES = {
     "a": "shoes/running",
@@ -82,3 +96,37 @@ def test_diversity_caps_each_top_level_category_before_repeating():
 def test_diversity_zero_disables_and_unknown_categories_are_not_capped():
     assert ids(diversify(ranked("a", "b"), CATEGORIES, 0)) == ["a", "b"]
     assert ids(diversify(ranked("x", "y"), {}, 1)) == ["x", "y"]
+
+
+def test_packed_pairs_read_back_as_they_were_written():
+    pairs = [Candidate("a", 0.5), ("b", 2), ("c", -1.25)]
+
+    assert unpack_pairs(pack_pairs(pairs)) == [("a", 0.5), ("b", 2), ("c", -1.25)]
+    assert unpack_pairs(pack_pairs([])) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "ab",
+        ("a", 1.0),
+        [["a", 1.0]],
+        [("a",)],
+        [("a", 1.0, 2)],
+        [(1, 1.0)],
+        [("a", "1.0")],
+        [("a", 1.0), ("b", None)],
+    ],
+    ids=repr,
+)
+def test_anything_but_a_list_of_item_score_pairs_is_unreadable(value):
+    with pytest.raises(UnreadablePairs):
+        checked_pairs(value)
+    with pytest.raises(UnreadablePairs):
+        unpack_pairs(pickle.dumps(value))
+
+
+def test_a_blob_that_is_not_a_pickle_is_unreadable():
+    with pytest.raises(UnreadablePairs, match="not a pickle"):
+        unpack_pairs(b"\x80not a pickle")
