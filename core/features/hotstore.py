@@ -173,6 +173,22 @@ def mark_down(exc: BaseException) -> None:
     logger.warning("feature store unavailable, reading the database for now: %s", exc)
 
 
+def answering(purpose: str = "job") -> redis.Redis | None:
+    """The client for `purpose` if Redis answers a PING now, else None (and no one asks again
+    for the cooldown, so a job that lost Redis asks at most once per cooldown whether it is
+    back, without a warning each time)."""
+    global _down_until
+    store = client(purpose)
+    if store is None:
+        return None
+    try:
+        store.ping()
+    except redis.RedisError:
+        _down_until = time.monotonic() + _COOLDOWN_SECONDS
+        return None
+    return store
+
+
 def reset_clients() -> None:
     """Forget clients and the failure window (after fork, and in tests)."""
     global _down_until

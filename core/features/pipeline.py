@@ -219,7 +219,7 @@ for _name in ("activity", "items", "neighbours"):
 
 
 def _acquire(
-    try_once: Callable[[], bool], wait: float, when_busy: Callable[[], bool] | None
+    try_once: Callable[[], bool], wait: float, when_busy: Callable[[], None] | None
 ) -> bool:
     """Try `try_once` every 20 ms for `wait` seconds, then `when_busy` once (see consumer_lock)."""
     deadline = time.monotonic() + wait
@@ -229,8 +229,7 @@ def _acquire(
         if time.monotonic() >= deadline:
             if when_busy is None:
                 return False
-            if not when_busy():  # no note left: wait as long as anyone
-                deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+            when_busy()
             when_busy = None
             continue
         time.sleep(0.02)
@@ -238,13 +237,12 @@ def _acquire(
 
 @contextlib.contextmanager
 def consumer_lock(
-    name: str, wait: float = _LOCK_WAIT_SECONDS, when_busy: Callable[[], bool] | None = None
+    name: str, wait: float = _LOCK_WAIT_SECONDS, when_busy: Callable[[], None] | None = None
 ) -> Iterator[bool]:
     """Hold the consumer's run lock (yields False when it stayed taken for `wait` seconds).
-    `when_busy` is called when that wait ran out; it leaves the holder a note and returns True
-    (then the lock is tried once more, so the note cannot miss a holder that let go meanwhile),
-    or returns False (then the wait goes on for the usual time). Released by the operating
-    system or PostgreSQL if the process dies."""
+    `when_busy` is called when that wait ran out, to leave the holder a note; then the lock is
+    tried once more, so the note cannot miss a holder that let go meanwhile. Released by the
+    operating system or PostgreSQL if the process dies."""
     if is_postgresql():
         key = _advisory_key(name)
 
@@ -305,6 +303,22 @@ def _hot_catch_up(consumer: Consumer, store: redis.Redis, watermark: int) -> Non
     pipe.execute()
 
 
+def _hot_back(consumer: Consumer, watermark: int) -> redis.Redis | None:
+    """Redis, if it answers again, brought up to `watermark` (held under the consumer lock), so
+    that a run which started without it, or lost it, publishes its next batches. Without this a
+    run that follows steady ingestion left Redis empty until its budget was spent (the chaos
+    suite's Redis recovery took 8 s, 20 s at worst, instead of a batch)."""
+    store = hotstore.answering("job")
+    if store is None:
+        return None
+    try:
+        _hot_catch_up(consumer, store, watermark)
+    except redis.RedisError as exc:
+        hotstore.mark_down(exc)
+        return None
+    return store
+
+
 def consumer_run(
     consumer: Consumer,
     *,
@@ -313,7 +327,7 @@ def consumer_run(
     reset: bool = False,
     batch_size: int | None = None,
     lock_wait: float = _LOCK_WAIT_SECONDS,
-    when_busy: Callable[[], bool] | None = None,
+    when_busy: Callable[[], None] | None = None,
     follow: bool = False,
     pace: float = 0.0,
 ) -> JobRun:
@@ -366,6 +380,8 @@ def consumer_run(
                     done = result.caught_up and not (follow and result.rows)
                     if done or time.monotonic() - started >= budget:
                         break
+                    if publisher.store is None:
+                        publisher.store = _hot_back(consumer, run.watermark_to)
                     if pace and result.caught_up:  # a backlog is folded without a pause
                         time.sleep(max(0.0, min(began + pace, started + budget) - time.monotonic()))
             finally:

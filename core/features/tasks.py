@@ -3,11 +3,15 @@ twice (the watermark makes a redelivered batch a no-op), hence `acks_late`."""
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 from django.core.cache import cache
 from django.db import OperationalError
 
 from . import services
+
+logger = logging.getLogger(__name__)
 
 # Transient database trouble (a restart, a lock timeout): retry a few times, backing off.
 _RETRY = {"autoretry_for": (OperationalError,), "max_retries": 3, "retry_backoff": True}
@@ -24,8 +28,12 @@ _RETRY = {"autoretry_for": (OperationalError,), "max_retries": 3, "retry_backoff
 def features_refresh_task(trigger: str = "task") -> dict:
     """Process events past the activity watermark. Enqueued after ingest commits (debounced) and
     re-enqueued by itself while a backlog remains."""
-    # Cleared before reading events: a commit after this point enqueues another refresh.
-    cache.delete(services.REFRESH_PENDING_KEY)
+    # Cleared before reading events: a commit after this point enqueues another refresh. With
+    # the cache down it stays as it is (and expires): the refresh runs all the same.
+    try:
+        cache.delete(services.REFRESH_PENDING_KEY)
+    except Exception:
+        logger.warning("features: the cache is down; refreshing without clearing the pending key")
     run = services.features_refresh(trigger=trigger, handoff=True)
     if services.features_refresh_again(run):
         features_refresh_task.apply_async(kwargs={"trigger": "backlog"})

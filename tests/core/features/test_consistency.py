@@ -176,3 +176,49 @@ def test_a_triggered_refresh_that_finds_one_running_hands_over_instead_of_waitin
     assert holder.status == "succeeded"
     assert features_refresh_again(holder)
     assert not features_refresh_again(holder)
+
+
+class _CacheDown:
+    """The cache Redis stopped: every call fails as redis-py's would."""
+
+    def __getattr__(self, name):
+        def fail(*args, **kwargs):
+            raise ConnectionError("Error 111 connecting to the cache. Connection refused.")
+
+        return fail
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_the_cache_down_a_refresh_that_finds_one_running_still_does_not_wait(
+    ingest, store, monkeypatch
+):
+    # given: another worker's run holds the activity lock, and no note can be left for it
+    from core.features import services
+    from core.features.pipeline import _advisory_key
+
+    ingest([("u1", "a", "view")])
+    monkeypatch.setattr(services, "cache", _CacheDown())
+    with _other_connection() as other:
+        other.execute("SELECT pg_advisory_lock(%s)", [_advisory_key("activity")])
+
+        # when
+        started = time.monotonic()
+        skipped = features_refresh(trigger="on_commit", handoff=True)
+        waited = time.monotonic() - started
+
+    # then: skipped all the same (beat's sweep does its work), the worker process freed at once
+    assert skipped.status == "skipped" and waited < 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_the_cache_down_the_refresh_task_still_folds(ingest, store, monkeypatch):
+    from core.features import services, tasks
+
+    ingest([("u1", "a", "view")])
+    monkeypatch.setattr(services, "cache", _CacheDown())
+    monkeypatch.setattr(tasks, "cache", _CacheDown())
+
+    result = tasks.features_refresh_task(trigger="on_commit")
+
+    assert result["status"] == "succeeded" and result["events"] == 1
+    assert UserFeatures.objects.count() == 1

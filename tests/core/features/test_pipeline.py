@@ -448,3 +448,55 @@ def test_a_paced_run_pauses_only_once_caught_up(ingest, store):
     # (before the last, empty, batch)
     assert (run.batches, run.events_processed) == (3, 3)
     assert 0.5 <= elapsed < 1.4
+
+
+def test_a_run_that_started_without_redis_publishes_once_redis_is_back(ingest, store, monkeypatch):
+    # given: Redis down when a following run starts, back (empty) after its first batch, while
+    # events keep arriving
+    from core.features.activity import ActivityConsumer
+    from core.features.pipeline import consumer_run
+    from core.features.services import CONSUMERS
+
+    apply, client = ActivityConsumer.apply, hotstore.client
+    arrivals = iter([[("u2", "b", "view")], [("u3", "c", "view")]])
+    back = False
+
+    def apply_while_ingesting(self, rows, after, upto):
+        nonlocal back
+        outcome = apply(self, rows, after, upto)
+        if more := next(arrivals, None):
+            ingest(more, prefix=f"late-{more[0][0]}")
+        back = True
+        return outcome
+
+    monkeypatch.setattr(ActivityConsumer, "apply", apply_while_ingesting)
+    monkeypatch.setattr(
+        hotstore, "client", lambda purpose="serve": client(purpose) if back else None
+    )
+    ingest([("u1", "a", "view")])
+    store.flushdb()
+
+    # when
+    run = consumer_run(CONSUMERS["activity"], trigger="test", follow=True, budget=100)
+
+    # then: the run brought Redis up to date once it answered, and published what it folded
+    # after, without waiting for the next run
+    assert run.events_processed == 3
+    assert int(store.get(hotstore.marker_key("activity"))) == run.watermark_to
+    assert store.exists(hotstore.user_key("u1"), hotstore.user_key("u3")) == 2
+    monkeypatch.setattr(hotstore, "client", client)
+    assert [e.item_id for e in selectors.user_history(user_id="u3")] == ["c"]
+
+
+def test_asking_whether_redis_is_back_costs_one_ping_per_cooldown(settings, monkeypatch):
+    settings.FEATURES_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    hotstore.reset_clients()
+    pings = []
+    real_ping = redis.Redis.ping
+    monkeypatch.setattr(redis.Redis, "ping", lambda self: pings.append(1) or real_ping(self))
+
+    assert hotstore.answering() is None
+    assert hotstore.answering() is None  # within the cooldown: not asked again
+
+    assert len(pings) == 1
+    hotstore.reset_clients()
