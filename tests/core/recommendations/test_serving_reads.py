@@ -572,17 +572,20 @@ def needs_redis(settings) -> None:
         pytest.skip("the suite runs without Redis")
 
 
-@pytest.mark.parametrize(
-    "replace",
-    [
+def unreadable_forms(items_at: int) -> list:
+    """Replacements for a cached tuple whose items stand at `items_at`: a string, the tuple cut
+    short, and the tuple with each of UNREADABLE_PAIRS for items."""
+    return [
         pytest.param(lambda value: "a string", id="string"),
-        pytest.param(lambda value: value[:2], id="short-tuple"),
+        pytest.param(lambda value: value[: items_at - 1], id="short-tuple"),
         *[
-            pytest.param(lambda value, items=p.values[0]: (*value[:3], items), id=p.id)
+            pytest.param(lambda value, items=p.values[0]: (*value[:items_at], items), id=p.id)
             for p in UNREADABLE_PAIRS
         ],
-    ],
-)
+    ]
+
+
+@pytest.mark.parametrize("replace", unreadable_forms(3))  # (generation, name, version, items)
 def test_a_cached_model_answer_this_version_cannot_read_is_asked_again(
     serving, catalog, post_events, reader, settings, replace
 ):
@@ -603,17 +606,7 @@ def test_a_cached_model_answer_this_version_cannot_read_is_asked_again(
     assert ids(again) == ids(first)
 
 
-@pytest.mark.parametrize(
-    "replace",
-    [
-        pytest.param(lambda value: "a string", id="string"),
-        pytest.param(lambda value: value[:3], id="short-tuple"),
-        *[
-            pytest.param(lambda value, items=p.values[0]: (*value[:4], items), id=p.id)
-            for p in UNREADABLE_PAIRS
-        ],
-    ],
-)
+@pytest.mark.parametrize("replace", unreadable_forms(4))  # (key, generation, name, version, items)
 @pytest.mark.parametrize("kept", [True, False], ids=["list-kept", "list-not-kept"])
 def test_a_last_answer_this_version_cannot_read_is_passed_over(
     serving, catalog, post_events, reader, settings, replace, kept
