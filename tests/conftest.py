@@ -36,3 +36,13 @@ def _clear_cache(settings):
         cache.clear()
     categories_cache_clear()  # the serving path's per-process catalog categories
     yield
+
+
+@pytest.fixture(autouse=True)
+def _items_thread_stopped():
+    """The feature refresh's items thread keeps its database connection between runs: closed
+    after each test, so that no test sees another's and the test database can be dropped."""
+    yield
+    from core.features.services import items_thread_stop
+
+    items_thread_stop()

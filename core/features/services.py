@@ -72,25 +72,61 @@ def features_refresh(*, trigger: str, budget: float | None = None, handoff: bool
         "when_busy": _ask_again,
         "follow": True,
     }
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="features-items") as pool:
-        items = pool.submit(_run_in_thread, CONSUMERS["items"], {**options, "pace": ITEMS_PACE})
-        try:
-            run = consumer_run(CONSUMERS["activity"], **options)
-        finally:
-            items_run = items.result()  # waited for even when the shoppers' run failed
+    items = _items_thread().submit(
+        _run_in_thread, CONSUMERS["items"], {**options, "pace": ITEMS_PACE}
+    )
+    try:
+        run = consumer_run(CONSUMERS["activity"], **options)
+    finally:
+        items_run = items.result()  # waited for even when the shoppers' run failed
     folded = items_run.status == JobRun.Status.SUCCEEDED and items_run.events_processed
     if folded and items_run.backlog_events:
         _ask_again()  # the items stopped with more to fold (their budget): go again
     return run
 
 
+# The items' runs beside the shoppers' go on one thread kept for the process's life, so that its
+# database and cache connections last from one refresh to the next, as the main thread's do
+# (CONN_MAX_AGE). A new thread per refresh opened a PostgreSQL connection (a backend process) and
+# a Redis connection every time: at a few events a second, a refresh a commit, most of the
+# worker's work.
+_items_executor: ThreadPoolExecutor | None = None
+_items_executor_pid = 0
+_items_executor_lock = threading.Lock()
+
+
+def _items_thread() -> ThreadPoolExecutor:
+    global _items_executor, _items_executor_pid
+    with _items_executor_lock:
+        if _items_executor is None or _items_executor_pid != os.getpid():  # new, or forked
+            _items_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="features-items")
+            _items_executor_pid = os.getpid()
+        return _items_executor
+
+
+def items_thread_stop() -> None:
+    """Close the items thread's database connection and end the thread (the test suite, before
+    its database is dropped; a later refresh starts another)."""
+    global _items_executor
+    with _items_executor_lock:
+        executor, _items_executor = _items_executor, None
+    if executor is not None:
+        executor.submit(_close_connection).result()  # the thread's own connection
+        executor.shutdown(wait=True)
+
+
+def _close_connection() -> None:
+    connection.close()
+
+
 def _run_in_thread(consumer: Consumer, options: dict[str, Any]) -> JobRun:
-    """`consumer_run` on a thread of its own; its database connection is closed at the end
-    (Django opens one per thread)."""
+    """`consumer_run` on the items thread. Its connection is handled as a request's is: closed
+    before and after when unusable or older than CONN_MAX_AGE, else kept."""
+    connection.close_if_unusable_or_obsolete()
     try:
         return consumer_run(consumer, **options)
     finally:
-        connection.close()
+        connection.close_if_unusable_or_obsolete()
 
 
 def _ask_again() -> None:

@@ -222,3 +222,26 @@ def test_with_the_cache_down_the_refresh_task_still_folds(ingest, store, monkeyp
 
     assert result["status"] == "succeeded" and result["events"] == 1
     assert UserFeatures.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_items_runs_keep_one_thread_and_one_database_connection(ingest, store):
+    # given: the items' runs go on a thread beside the shoppers'
+    from core.features import services
+
+    def backend_pid() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            return cursor.fetchone()[0]
+
+    ingest([("u1", "a", "view")])
+    features_refresh(trigger="on_commit", handoff=True)
+    first = services._items_thread().submit(backend_pid).result()
+
+    # when: the next refresh
+    ingest([("u2", "b", "view")], prefix="second")
+    features_refresh(trigger="on_commit", handoff=True)
+
+    # then: its items run used the same connection (no new PostgreSQL backend a refresh)
+    assert services._items_thread().submit(backend_pid).result() == first
+    assert {s.item_id for s in selectors.item_popular()} == {"a", "b"}
