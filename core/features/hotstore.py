@@ -166,10 +166,14 @@ def client(purpose: str = "serve") -> redis.Redis | None:
     return found
 
 
-def mark_down(exc: BaseException) -> None:
-    """Remember that Redis failed; callers fall back to the database for a moment."""
+def _cool_down() -> None:
     global _down_until
     _down_until = time.monotonic() + _COOLDOWN_SECONDS
+
+
+def mark_down(exc: BaseException) -> None:
+    """Remember that Redis failed; callers fall back to the database for a moment."""
+    _cool_down()
     logger.warning("feature store unavailable, reading the database for now: %s", exc)
 
 
@@ -177,14 +181,13 @@ def answering(purpose: str = "job") -> redis.Redis | None:
     """The client for `purpose` if Redis answers a PING now, else None (and no one asks again
     for the cooldown, so a job that lost Redis asks at most once per cooldown whether it is
     back, without a warning each time)."""
-    global _down_until
     store = client(purpose)
     if store is None:
         return None
     try:
         store.ping()
     except redis.RedisError:
-        _down_until = time.monotonic() + _COOLDOWN_SECONDS
+        _cool_down()
         return None
     return store
 

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from core.catalog.models import Item, User
@@ -111,12 +111,8 @@ def items_thread_stop() -> None:
     with _items_executor_lock:
         executor, _items_executor = _items_executor, None
     if executor is not None:
-        executor.submit(_close_connection).result()  # the thread's own connection
+        executor.submit(connections.close_all).result()  # run there: that thread's connections
         executor.shutdown(wait=True)
-
-
-def _close_connection() -> None:
-    connection.close()
 
 
 def _run_in_thread(consumer: Consumer, options: dict[str, Any]) -> JobRun:

@@ -12,7 +12,7 @@ from django.db import connection
 from core.catalog.services import item_delete, items_upsert, user_forget
 from core.catalog.validation import ItemIn
 from core.features import selectors
-from core.features.models import UserFeatures, Watermark
+from core.features.models import JobRun, UserFeatures, Watermark
 from core.features.services import features_catalog_sync, features_refresh
 
 from .conftest import T0
@@ -36,6 +36,18 @@ def _insert_uncommitted(conn: psycopg.Connection, user_pk: int, item_pk: int, ke
 
 def _watermark() -> int:
     return Watermark.objects.get(pk="activity").last_event_id
+
+
+def _refresh_beside_a_running_one() -> tuple[JobRun, float]:
+    """A triggered refresh while another worker's run holds the activity lock: the run it
+    returns, and how long it took."""
+    from core.features.pipeline import _advisory_key
+
+    with _other_connection() as other:
+        other.execute("SELECT pg_advisory_lock(%s)", [_advisory_key("activity")])
+        started = time.monotonic()
+        run = features_refresh(trigger="on_commit", handoff=True)
+        return run, time.monotonic() - started
 
 
 @pytest.mark.django_db(transaction=True)
@@ -152,17 +164,12 @@ def test_a_triggered_refresh_that_finds_one_running_hands_over_instead_of_waitin
     # given: another worker's run holds the activity lock
     from django.core.cache import cache
 
-    from core.features.pipeline import _advisory_key
     from core.features.services import REFRESH_PENDING_KEY, features_refresh_again
 
     ingest([("u1", "a", "view")])
-    with _other_connection() as other:
-        other.execute("SELECT pg_advisory_lock(%s)", [_advisory_key("activity")])
 
-        # when
-        started = time.monotonic()
-        skipped = features_refresh(trigger="on_commit", handoff=True)
-        waited = time.monotonic() - started
+    # when
+    skipped, waited = _refresh_beside_a_running_one()
 
     # then: it did not keep a worker process waiting, and commits meanwhile need not enqueue
     # more refreshes (the holder queues one)
@@ -194,17 +201,12 @@ def test_with_the_cache_down_a_refresh_that_finds_one_running_still_does_not_wai
 ):
     # given: another worker's run holds the activity lock, and no note can be left for it
     from core.features import services
-    from core.features.pipeline import _advisory_key
 
     ingest([("u1", "a", "view")])
     monkeypatch.setattr(services, "cache", _CacheDown())
-    with _other_connection() as other:
-        other.execute("SELECT pg_advisory_lock(%s)", [_advisory_key("activity")])
 
-        # when
-        started = time.monotonic()
-        skipped = features_refresh(trigger="on_commit", handoff=True)
-        waited = time.monotonic() - started
+    # when
+    skipped, waited = _refresh_beside_a_running_one()
 
     # then: skipped all the same (beat's sweep does its work), the worker process freed at once
     assert skipped.status == "skipped" and waited < 5

@@ -462,8 +462,7 @@ def test_categories_are_read_again_in_the_background_while_requests_use_the_old_
 def test_an_unreadable_last_answer_is_passed_over_for_the_cache(
     serving, catalog, post_events, reader, settings
 ):
-    if not settings.CACHES["default"]["BACKEND"].endswith("RedisCache"):
-        pytest.skip("the suite runs without Redis")
+    needs_redis(settings)
     from core.recommendations.services import _last_good_key
     from core.system.cache import redis_key
 
